@@ -1,0 +1,175 @@
+//! Hop-by-hop and forwarding headers (RFC 9110 §7.6).
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
+
+/// Fields that describe one hop and never cross the proxy, besides those the
+/// `Connection` header lists.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop fields. With `upgrade` set, the `Upgrade` field and a
+/// `Connection: upgrade` survive so the next hop sees the upgrade request
+/// (or the 101 answer).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// True when the message asks to switch protocols (`Connection: upgrade` plus
+/// an `Upgrade` field).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Appends this hop to `Via`, named after the version the message arrived in.
+pub fn append_via(headers: &mut HeaderMap, version: Version, pseudonym: &HeaderValue) {
+    let proto = match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let mut value = Vec::with_capacity(4 + pseudonym.len());
+    value.extend_from_slice(proto.as_bytes());
+    value.push(b' ');
+    value.extend_from_slice(pseudonym.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&value) {
+        headers.append(header::VIA, value);
+    }
+}
+
+/// True when one of the `Via` entries names `pseudonym`: the request already
+/// went through this very process.
+pub fn via_contains(headers: &HeaderMap, pseudonym: &HeaderValue) -> bool {
+    let Ok(ours) = pseudonym.to_str() else {
+        return false;
+    };
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|entry| entry.split_whitespace().nth(1))
+        .any(|by| by == ours)
+}
+
+/// Appends the client address to `X-Forwarded-For`.
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: std::net::IpAddr) {
+    let name = HeaderName::from_static("x-forwarded-for");
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {client}"),
+        None => client.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(name, value);
+    }
+}
+
+/// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_listed_and_standard_hop_by_hop_fields() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("upgrade", "websocket"),
+            ("accept-encoding", "gzip"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["accept-encoding", "set-cookie"]);
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn keeps_upgrade_when_upgrading() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-a"),
+            ("upgrade", "websocket"),
+            ("x-a", "1"),
+        ]);
+        assert!(wants_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert!(!h.contains_key("x-a"));
+    }
+
+    #[test]
+    fn via_round_trip() {
+        let ours = HeaderValue::from_static("ferryman-ab12");
+        let mut h = map(&[("via", "1.1 squid")]);
+        assert!(!via_contains(&h, &ours));
+        append_via(&mut h, Version::HTTP_10, &ours);
+        assert!(via_contains(&h, &ours));
+        assert_eq!(h.get_all("via").iter().last().unwrap(), "1.0 ferryman-ab12");
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = map(&[("x-forwarded-for", "127.0.0.2")]);
+        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "127.0.0.2, 127.0.0.1");
+    }
+}

@@ -1,0 +1,35 @@
+use std::io;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Why an upstream exchange failed; each maps to the status the client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot resolve {host}: {source}")]
+    Resolve { host: String, source: io::Error },
+    #[error("{0} resolved to no address")]
+    NoAddress(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("{0} is one of this proxy's own listeners")]
+    Loop(String),
+    #[error("no response head from upstream within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("upstream closed the connection without answering")]
+    Closed,
+    #[error("bad upstream response: {0}")]
+    Protocol(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::ConnectTimeout(_) | Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Loop(_) => StatusCode::LOOP_DETECTED,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}

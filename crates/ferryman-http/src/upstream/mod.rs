@@ -1,0 +1,283 @@
+//! The upstream client: pooled HTTP/1 connections, timeouts, and the one retry
+//! that is always safe.
+
+mod connect;
+mod error;
+mod pool;
+mod sent;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::debug;
+
+pub use error::UpstreamError;
+use pool::{Checkout, Pool, PoolKey, Sender};
+pub use sent::SentBody;
+
+use crate::body::ProxyBody;
+use crate::headers;
+use crate::UpstreamConfig;
+
+/// Sends requests to origin servers over pooled keep-alive connections.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    pool: Pool,
+    config: Arc<UpstreamConfig>,
+    own_addrs: Arc<[SocketAddr]>,
+}
+
+/// A connection for one exchange, and whether it had served one before.
+struct Lease {
+    sender: Sender,
+    reused: bool,
+}
+
+enum Failure {
+    /// hyper handed the request back: not a byte of it was written.
+    Unsent(hyper::Error, Box<Request<SentBody>>),
+    Sent(hyper::Error),
+    TimedOut,
+    Lease(UpstreamError),
+}
+
+impl UpstreamClient {
+    /// `own_addrs` are this process's listeners: connecting to one is a loop.
+    pub fn new(config: UpstreamConfig, own_addrs: Vec<SocketAddr>) -> Self {
+        Self {
+            pool: Pool::new(
+                config.max_connections_per_host,
+                config.max_idle_per_host,
+                config.idle_timeout,
+            ),
+            config: Arc::new(config),
+            own_addrs: own_addrs.into(),
+        }
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// A raw TCP connection, for tunnels.
+    pub async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
+        let deadline = Instant::now() + self.config.connect_timeout;
+        connect::connect_tcp(host, port, deadline, &self.own_addrs).await
+    }
+
+    /// Sends an origin-form request to `host:port`. Upgrade requests get a
+    /// connection of their own that never returns to the pool.
+    pub async fn send(
+        &self,
+        host: &str,
+        port: u16,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let key = PoolKey::new(host, port);
+        let upgrade = headers::wants_upgrade(req.headers());
+        // Replayable: nothing to resend but the head, and resending is harmless.
+        let replay = (headers::is_idempotent(req.method()) && req.body().is_end_stream())
+            .then(|| head_only(&req));
+        let mut lease = self.lease(&key, host, port, !upgrade).await?;
+        let mut attempt = self
+            .exchange(&mut lease.sender, req.map(SentBody::new))
+            .await;
+        // A reused connection may have been closed by the server just as we
+        // wrote to it; one fresh attempt is safe when the request was never
+        // written, or when it is idempotent, bodiless and got no answer.
+        attempt = match attempt {
+            Err(Failure::Unsent(_, req)) if lease.reused => {
+                self.retry(&key, host, port, &mut lease, *req).await
+            }
+            Err(Failure::Sent(e))
+                if lease.reused && (e.is_incomplete_message() || e.is_canceled()) =>
+            {
+                match replay {
+                    Some(head) => {
+                        let req = head.map(|()| SentBody::new(crate::body::empty()));
+                        self.retry(&key, host, port, &mut lease, req).await
+                    }
+                    None => Err(Failure::Sent(e)),
+                }
+            }
+            other => other,
+        };
+        match attempt {
+            Ok(response) => {
+                let ticket = (!upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| Ticket {
+                        pool: self.pool.clone(),
+                        key,
+                        sender: lease.sender,
+                    });
+                Ok(response.map(|incoming| UpstreamBody::new(incoming, ticket)))
+            }
+            Err(Failure::Lease(e)) => Err(e),
+            Err(Failure::TimedOut) => Err(UpstreamError::ResponseTimeout(
+                self.config.response_header_timeout,
+            )),
+            Err(Failure::Unsent(e, _)) | Err(Failure::Sent(e)) => {
+                if e.is_incomplete_message() {
+                    Err(UpstreamError::Closed)
+                } else {
+                    Err(UpstreamError::Protocol(e))
+                }
+            }
+        }
+    }
+
+    async fn lease(
+        &self,
+        key: &PoolKey,
+        host: &str,
+        port: u16,
+        allow_idle: bool,
+    ) -> Result<Lease, UpstreamError> {
+        let deadline = Instant::now() + self.config.connect_timeout;
+        loop {
+            let checkout = self.pool.checkout(key, allow_idle, deadline).await;
+            match checkout {
+                None => return Err(UpstreamError::ConnectTimeout(format!("{host}:{port}"))),
+                Some(Checkout::Idle(mut sender)) => {
+                    if sender.ready().await.is_ok() {
+                        return Ok(Lease {
+                            sender,
+                            reused: true,
+                        });
+                    }
+                }
+                Some(Checkout::Open(slot)) => {
+                    let stream =
+                        connect::connect_tcp(host, port, deadline, &self.own_addrs).await?;
+                    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+                        .max_headers(200)
+                        .max_header_size(self.config.max_response_header_bytes)
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(UpstreamError::Protocol)?;
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.with_upgrades().await {
+                            debug!(error = %e, "upstream connection ended");
+                        }
+                        drop(slot);
+                    });
+                    return Ok(Lease {
+                        sender,
+                        reused: false,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn retry(
+        &self,
+        key: &PoolKey,
+        host: &str,
+        port: u16,
+        lease: &mut Lease,
+        req: Request<SentBody>,
+    ) -> Result<Response<Incoming>, Failure> {
+        debug!(%host, port, "retrying on a fresh connection");
+        match self.lease(key, host, port, false).await {
+            Ok(fresh) => *lease = fresh,
+            Err(e) => return Err(Failure::Lease(e)),
+        }
+        self.exchange(&mut lease.sender, req).await
+    }
+
+    async fn exchange(
+        &self,
+        sender: &mut Sender,
+        mut req: Request<SentBody>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let sent = req.body_mut().arm();
+        let limit = self.config.response_header_timeout;
+        let response = sender.try_send_request(req);
+        tokio::select! {
+            result = response => result.map_err(|mut e| match e.take_message() {
+                Some(req) => Failure::Unsent(e.into_error(), Box::new(req)),
+                None => Failure::Sent(e.into_error()),
+            }),
+            _ = async {
+                let _ = sent.await;
+                tokio::time::sleep(limit).await;
+            } => Err(Failure::TimedOut),
+        }
+    }
+}
+
+fn head_only<B>(req: &Request<B>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Returns a connection to the pool once its response has been read to the end.
+struct Ticket {
+    pool: Pool,
+    key: PoolKey,
+    sender: Sender,
+}
+
+/// A response body from upstream. Read to its end, it frees its connection
+/// for the next request; dropped early, it closes it.
+pub struct UpstreamBody {
+    incoming: Incoming,
+    ticket: Option<Ticket>,
+}
+
+impl UpstreamBody {
+    fn new(incoming: Incoming, ticket: Option<Ticket>) -> Self {
+        let mut body = Self { incoming, ticket };
+        if body.incoming.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            t.pool.give_back(t.key, t.sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = ready!(Pin::new(&mut self.incoming).poll_frame(cx));
+        match &polled {
+            None => self.release(),
+            Some(Ok(_)) if self.incoming.is_end_stream() => self.release(),
+            Some(Err(_)) => self.ticket = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}

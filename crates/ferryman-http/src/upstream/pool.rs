@@ -1,0 +1,253 @@
+//! Keep-alive pool of upstream HTTP/1 connections, keyed by destination, with
+//! an idle timeout and a cap on open connections per host.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use hyper::client::conn::http1::SendRequest;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{timeout_at, Instant};
+
+use super::sent::SentBody;
+
+pub(crate) type Sender = SendRequest<SentBody>;
+
+/// The destination a pooled connection is good for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    host: String,
+    port: u16,
+}
+
+impl PoolKey {
+    pub(crate) fn new(host: &str, port: u16) -> Self {
+        Self {
+            host: host.to_ascii_lowercase(),
+            port,
+        }
+    }
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+struct Host {
+    idle: Vec<Idle>,
+    /// One permit per open connection; the connection's driver task holds it.
+    slots: Arc<Semaphore>,
+    /// Signalled when a connection goes idle or closes, for waiters at the cap.
+    freed: Arc<Notify>,
+}
+
+struct Shared {
+    hosts: Mutex<HashMap<PoolKey, Host>>,
+    max_per_host: usize,
+    max_idle_per_host: usize,
+    idle_timeout: Duration,
+}
+
+/// What a checkout yields: a ready idle connection, or the right to open one.
+pub(crate) enum Checkout {
+    Idle(Sender),
+    Open(Slot),
+}
+
+/// The right to open one connection to a host; release it when that connection closes.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.freed.notify_one();
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        max_per_host: usize,
+        max_idle_per_host: usize,
+        idle_timeout: Duration,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            hosts: Mutex::new(HashMap::new()),
+            max_per_host,
+            max_idle_per_host,
+            idle_timeout,
+        });
+        tokio::spawn(reap(Arc::downgrade(&shared)));
+        Self { shared }
+    }
+
+    /// An idle connection if one is alive, else a slot to open a new one,
+    /// waiting (until `deadline`) while the host is at its cap.
+    pub(crate) async fn checkout(
+        &self,
+        key: &PoolKey,
+        allow_idle: bool,
+        deadline: Instant,
+    ) -> Option<Checkout> {
+        loop {
+            let freed = self.freed(key);
+            let notified = freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if allow_idle {
+                if let Some(sender) = self.take_idle(key) {
+                    return Some(Checkout::Idle(sender));
+                }
+            }
+            if let Some(slot) = self.try_slot(key) {
+                return Some(Checkout::Open(slot));
+            }
+            timeout_at(deadline, notified).await.ok()?;
+        }
+    }
+
+    /// Gives a connection back once hyper says it can take the next request.
+    pub(crate) fn give_back(&self, key: PoolKey, mut sender: Sender) {
+        if sender.is_ready() {
+            self.put(key, sender);
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            // Bounded: a connection still sending its request body after the
+            // response ended is not worth waiting for.
+            let ready = tokio::time::timeout(Duration::from_secs(5), sender.ready()).await;
+            if let Ok(Ok(())) = ready {
+                pool.put(key, sender);
+            }
+        });
+    }
+
+    fn put(&self, key: PoolKey, sender: Sender) {
+        let mut hosts = self.lock();
+        let Some(host) = hosts.get_mut(&key) else {
+            return;
+        };
+        if host.idle.len() < self.shared.max_idle_per_host {
+            host.idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+            host.freed.notify_one();
+        }
+    }
+
+    fn take_idle(&self, key: &PoolKey) -> Option<Sender> {
+        let mut hosts = self.lock();
+        let host = hosts.get_mut(key)?;
+        let now = Instant::now();
+        // Most recently used first: it is the least likely to have been closed.
+        while let Some(idle) = host.idle.pop() {
+            if now.duration_since(idle.since) < self.shared.idle_timeout && !idle.sender.is_closed()
+            {
+                return Some(idle.sender);
+            }
+        }
+        None
+    }
+
+    fn try_slot(&self, key: &PoolKey) -> Option<Slot> {
+        let hosts = self.lock();
+        let host = hosts.get(key)?;
+        let permit = host.slots.clone().try_acquire_owned().ok()?;
+        Some(Slot {
+            _permit: permit,
+            freed: host.freed.clone(),
+        })
+    }
+
+    fn freed(&self, key: &PoolKey) -> Arc<Notify> {
+        let max = self.shared.max_per_host;
+        self.lock()
+            .entry(key.clone())
+            .or_insert_with(|| Host {
+                idle: Vec::new(),
+                slots: Arc::new(Semaphore::new(max)),
+                freed: Arc::new(Notify::new()),
+            })
+            .freed
+            .clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<PoolKey, Host>> {
+        lock(&self.shared)
+    }
+
+    #[cfg(test)]
+    fn idle_count(&self, key: &PoolKey) -> usize {
+        self.lock().get(key).map_or(0, |h| h.idle.len())
+    }
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, HashMap<PoolKey, Host>> {
+    // A panic while holding this lock leaves only plain data behind.
+    shared.hosts.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Closes expired idle connections and forgets hosts with nothing open; ends
+/// when the pool is dropped.
+async fn reap(shared: Weak<Shared>) {
+    let period = match shared.upgrade() {
+        Some(s) => (s.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut hosts = lock(&shared);
+        hosts.retain(|_, host| {
+            host.idle.retain(|idle| {
+                now.duration_since(idle.since) < shared.idle_timeout && !idle.sender.is_closed()
+            });
+            !host.idle.is_empty() || host.slots.available_permits() < shared.max_per_host
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cap_makes_checkout_wait_for_a_freed_slot() {
+        let pool = Pool::new(1, 4, Duration::from_secs(60));
+        let key = PoolKey::new("Example", 80);
+        let soon = Instant::now() + Duration::from_millis(50);
+        let Some(Checkout::Open(first)) = pool.checkout(&key, true, soon).await else {
+            panic!("first checkout opens");
+        };
+        assert!(pool
+            .checkout(&key, true, Instant::now() + Duration::from_millis(20))
+            .await
+            .is_none());
+        let waiter = {
+            let pool = pool.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                pool.checkout(&key, true, Instant::now() + Duration::from_secs(30))
+                    .await
+                    .is_some()
+            })
+        };
+        drop(first);
+        assert!(waiter.await.unwrap(), "a freed slot wakes the waiter");
+        assert_eq!(pool.idle_count(&PoolKey::new("example", 80)), 0);
+    }
+}

@@ -1,0 +1,79 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferryman_http::config::{humantime_serde, Invalid};
+use serde::Deserialize;
+
+/// The forward proxy listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// Accepted `user:password` pairs for Basic proxy authentication; empty
+    /// means no authentication.
+    pub auth: Vec<String>,
+    /// Listening beyond loopback without `auth` is refused unless this is set.
+    pub allow_open_proxy: bool,
+    /// Request line plus headers, in bytes; larger requests get 431.
+    pub max_header_bytes: usize,
+    /// Header fields per request; more get 431.
+    pub max_headers: usize,
+    /// A client connection with no request in progress is closed after this
+    /// (also bounds how long a request head may take to arrive).
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// Append the client address to `X-Forwarded-For`.
+    pub x_forwarded_for: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth: Vec::new(),
+            allow_open_proxy: false,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            client_idle_timeout: Duration::from_secs(60),
+            x_forwarded_for: false,
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub fn validate(&self, errors: &mut Vec<Invalid>) {
+        if !self.listen.ip().is_loopback() && self.auth.is_empty() && !self.allow_open_proxy {
+            errors.push(Invalid::new(
+                "proxy.listen",
+                format!(
+                    "{} is reachable beyond this machine and proxy.auth is empty: anyone could use \
+                     this proxy; set proxy.auth, or proxy.allow_open_proxy = true if that is intended",
+                    self.listen
+                ),
+            ));
+        }
+        for (i, pair) in self.auth.iter().enumerate() {
+            if !pair.contains(':') || pair.starts_with(':') {
+                errors.push(Invalid::new(
+                    format!("proxy.auth[{i}]"),
+                    "must be \"user:password\"",
+                ));
+            }
+        }
+        if self.max_header_bytes < 1024 {
+            errors.push(Invalid::new(
+                "proxy.max_header_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.max_headers == 0 {
+            errors.push(Invalid::new("proxy.max_headers", "must be at least 1"));
+        }
+        if self.client_idle_timeout.is_zero() {
+            errors.push(Invalid::new(
+                "proxy.client_idle_timeout",
+                "must be greater than zero",
+            ));
+        }
+    }
+}

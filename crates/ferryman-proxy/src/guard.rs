@@ -1,0 +1,375 @@
+//! Rejects request-smuggling framing before hyper parses it.
+//!
+//! hyper accepts a request carrying both `Content-Length` and
+//! `Transfer-Encoding` (it drops the length, as RFC 9112 §6.3 allows a
+//! server to). A proxy must not forward such a request at all, so this
+//! wrapper follows the framing of every request on the connection and, on a
+//! head with both fields, corrupts that head with a NUL byte: hyper then
+//! answers 400 and closes, and nothing reaches the upstream. Anything this
+//! scanner cannot follow it leaves alone; hyper rejects malformed input itself.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The smallest head hyper refuses with 400: a NUL is invalid everywhere in
+/// a head, and the blank line completes whatever came before it.
+const POISON: &[u8] = b"\0\r\n\r\n";
+
+pub(crate) struct FramingGuard<T> {
+    inner: T,
+    scanner: Scanner,
+}
+
+impl<T> FramingGuard<T> {
+    pub(crate) fn new(inner: T, max_head: usize, max_headers: usize) -> Self {
+        Self {
+            inner,
+            scanner: Scanner::new(max_head, max_headers),
+        }
+    }
+
+    pub(crate) fn into_inner(self) -> T {
+        self.inner
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if matches!(self.scanner.state, State::Rejected) {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let this = &mut *self;
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.scanner.feed(&buf.filled()[before..]) == Verdict::Reject {
+            buf.set_filled(before);
+            let room = buf.remaining().min(POISON.len());
+            buf.put_slice(&POISON[..room]);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Reject,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Collecting a request head; holds a partial head across reads.
+    Head(Vec<u8>),
+    /// This many bytes of a Content-Length body are still to come.
+    Fixed(u64),
+    Chunked(Chunk),
+    /// Not following this connection any more (tunnel, or input hyper rejects).
+    Off,
+    Rejected,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    Size {
+        value: u64,
+        digits: u8,
+    },
+    /// Chunk extensions or the CR before LF: skipped up to the LF.
+    SizeLineEnd {
+        value: u64,
+    },
+    Data(u64),
+    DataEnd,
+    Trailer {
+        line_empty: bool,
+    },
+}
+
+struct Scanner {
+    state: State,
+    max_head: usize,
+    max_headers: usize,
+}
+
+impl Scanner {
+    fn new(max_head: usize, max_headers: usize) -> Self {
+        Self {
+            state: State::Head(Vec::new()),
+            max_head,
+            max_headers,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) -> Verdict {
+        while !data.is_empty() {
+            data = match &mut self.state {
+                State::Off | State::Rejected => return Verdict::Pass,
+                State::Fixed(left) => {
+                    let take = (*left).min(data.len() as u64) as usize;
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                    &data[take..]
+                }
+                State::Chunked(chunk) => match step_chunked(chunk, data) {
+                    Some((rest, done)) => {
+                        if done {
+                            self.state = State::Head(Vec::new());
+                        }
+                        rest
+                    }
+                    None => {
+                        self.state = State::Off;
+                        return Verdict::Pass;
+                    }
+                },
+                State::Head(partial) => {
+                    let (head, from_partial) = if partial.is_empty() {
+                        (data, 0)
+                    } else {
+                        let had = partial.len();
+                        partial.extend_from_slice(data);
+                        (&partial[..], had)
+                    };
+                    match inspect_head(head, self.max_headers) {
+                        Head::Partial => {
+                            if from_partial == 0 {
+                                partial.extend_from_slice(data);
+                            }
+                            if partial.len() > self.max_head {
+                                self.state = State::Off;
+                            }
+                            return Verdict::Pass;
+                        }
+                        Head::Ambiguous => {
+                            self.state = State::Rejected;
+                            return Verdict::Reject;
+                        }
+                        Head::Unfollowable => {
+                            self.state = State::Off;
+                            return Verdict::Pass;
+                        }
+                        Head::Complete { len, next } => {
+                            let consumed = len - from_partial;
+                            self.state = next;
+                            &data[consumed..]
+                        }
+                    }
+                }
+            };
+        }
+        Verdict::Pass
+    }
+}
+
+enum Head {
+    Partial,
+    Ambiguous,
+    Unfollowable,
+    Complete { len: usize, next: State },
+}
+
+fn inspect_head(bytes: &[u8], max_headers: usize) -> Head {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Unfollowable,
+    };
+    let mut chunked = None;
+    let mut length: Option<u64> = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.rsplit(',').next())
+                .map(str::trim);
+            chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case("chunked")));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let Some(n) = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            else {
+                return Head::Unfollowable;
+            };
+            if length.is_some_and(|prev| prev != n) {
+                return Head::Unfollowable;
+            }
+            length = Some(n);
+        }
+    }
+    let next = match (chunked, length) {
+        (Some(_), Some(_)) => return Head::Ambiguous,
+        (Some(true), None) => State::Chunked(Chunk::Size {
+            value: 0,
+            digits: 0,
+        }),
+        (Some(false), None) => return Head::Unfollowable,
+        (None, Some(n)) if n > 0 => State::Fixed(n),
+        _ if req.method == Some("CONNECT") => State::Off,
+        _ => State::Head(Vec::new()),
+    };
+    Head::Complete { len, next }
+}
+
+/// Advances through chunked framing. Returns the bytes after the body when it
+/// ends (`true`), or `None` for framing hyper will reject anyway.
+fn step_chunked<'a>(chunk: &mut Chunk, mut data: &'a [u8]) -> Option<(&'a [u8], bool)> {
+    while let Some(&byte) = data.first() {
+        if let Chunk::Data(left) = chunk {
+            let take = (*left).min(data.len() as u64) as usize;
+            *left -= take as u64;
+            if *left == 0 {
+                *chunk = Chunk::DataEnd;
+            }
+            data = &data[take..];
+            continue;
+        }
+        data = &data[1..];
+        *chunk = match *chunk {
+            Chunk::Size { value, digits } => match (byte as char).to_digit(16) {
+                Some(d) if digits < 16 => Chunk::Size {
+                    value: value * 16 + u64::from(d),
+                    digits: digits + 1,
+                },
+                None if digits > 0 && matches!(byte, b';' | b' ' | b'\t' | b'\r') => {
+                    Chunk::SizeLineEnd { value }
+                }
+                None if digits > 0 && byte == b'\n' => size_line_done(value),
+                _ => return None,
+            },
+            Chunk::SizeLineEnd { value } if byte == b'\n' => size_line_done(value),
+            keep @ Chunk::SizeLineEnd { .. } => keep,
+            Chunk::DataEnd => match byte {
+                b'\r' => Chunk::DataEnd,
+                b'\n' => Chunk::Size {
+                    value: 0,
+                    digits: 0,
+                },
+                _ => return None,
+            },
+            Chunk::Trailer { line_empty } => match byte {
+                b'\n' if line_empty => return Some((data, true)),
+                b'\n' => Chunk::Trailer { line_empty: true },
+                b'\r' => Chunk::Trailer { line_empty },
+                _ => Chunk::Trailer { line_empty: false },
+            },
+            Chunk::Data(_) => return None,
+        };
+    }
+    Some((data, false))
+}
+
+fn size_line_done(value: u64) -> Chunk {
+    if value == 0 {
+        Chunk::Trailer { line_empty: true }
+    } else {
+        Chunk::Data(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(pieces: &[&[u8]]) -> Vec<Verdict> {
+        let mut s = Scanner::new(8192, 100);
+        pieces.iter().map(|p| s.feed(p)).collect()
+    }
+
+    #[test]
+    fn plain_requests_pass() {
+        let v = scan(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n"]);
+        assert_eq!(v, [Verdict::Pass]);
+    }
+
+    #[test]
+    fn cl_and_te_rejected_in_either_order() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 5\r\n\r\n"[..],
+        ] {
+            assert_eq!(scan(&[head]), [Verdict::Reject]);
+        }
+    }
+
+    #[test]
+    fn smuggled_head_after_a_fixed_body_is_found() {
+        let first = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd";
+        let second = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(scan(&[first, second]), [Verdict::Pass, Verdict::Reject]);
+    }
+
+    #[test]
+    fn smuggled_head_after_a_chunked_body_is_found_across_split_reads() {
+        let stream: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n\
+            GET / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // Byte by byte: every state boundary falls between two reads.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        let verdicts = scan(&bytes);
+        assert_eq!(verdicts.last(), Some(&Verdict::Reject));
+        assert_eq!(
+            verdicts.iter().filter(|v| **v == Verdict::Reject).count(),
+            1
+        );
+    }
+
+    #[test]
+    fn body_bytes_that_look_like_a_head_are_not_scanned() {
+        let body = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
+        assert_eq!(
+            scan(&[head.as_bytes(), body]),
+            [Verdict::Pass, Verdict::Pass]
+        );
+    }
+
+    #[test]
+    fn connect_stops_scanning() {
+        let v = scan(&[
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ]);
+        assert_eq!(v, [Verdict::Pass, Verdict::Pass]);
+    }
+}

@@ -1,0 +1,175 @@
+//! What happens to one request on the forward proxy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferryman_http::body::{self, Direction, GatedBody, Observed};
+use ferryman_http::headers::{
+    append_forwarded_for, append_via, strip_hop_by_hop, via_contains, wants_upgrade,
+};
+use ferryman_http::{ProxyBody, UpstreamClient};
+use http::header::{HeaderValue, EXPECT, HOST};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::debug;
+
+use crate::access::AccessLog;
+use crate::auth::ProxyAuth;
+use crate::{local, tunnel};
+
+/// Everything the connections of one listener share.
+pub(crate) struct Shared {
+    pub(crate) upstream: UpstreamClient,
+    pub(crate) auth: Option<ProxyAuth>,
+    /// This process's name in `Via`; seeing it come back means a loop.
+    pub(crate) pseudonym: HeaderValue,
+    pub(crate) x_forwarded_for: bool,
+    pub(crate) listen: SocketAddr,
+    /// Tunnels outlive the request that opened them; they are tracked here.
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled when the shutdown grace period is over.
+    pub(crate) hard_stop: CancellationToken,
+}
+
+#[derive(Clone)]
+pub(crate) struct Handler {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) client: SocketAddr,
+}
+
+impl Handler {
+    pub(crate) async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let target = match req.method() {
+            &Method::CONNECT => req
+                .uri()
+                .authority()
+                .map_or_else(String::new, |a| a.to_string()),
+            _ => req.uri().to_string(),
+        };
+        let log = Arc::new(AccessLog::new(self.client, req.method().clone(), target));
+        let mut response = self.route(req, &log).await;
+        log.set_status(response.status());
+        *response.version_mut() = Version::HTTP_11;
+        response.map(|b| body::boxed(Observed::new(b, log, Direction::Down)))
+    }
+
+    async fn route(&self, req: Request<Incoming>, log: &Arc<AccessLog>) -> Response<ProxyBody> {
+        let is_proxy_request = req.method() == Method::CONNECT || req.uri().authority().is_some();
+        if !is_proxy_request {
+            return local::about(req.uri().path(), &self.shared.listen.to_string());
+        }
+        if let Some(auth) = &self.shared.auth {
+            if !auth.allows(req.headers()) {
+                return local::auth_required();
+            }
+        }
+        if via_contains(req.headers(), &self.shared.pseudonym) {
+            return local::text(
+                StatusCode::LOOP_DETECTED,
+                "this request already went through this proxy",
+            );
+        }
+        if req.method() == Method::CONNECT {
+            tunnel::connect(&self.shared, req, log).await
+        } else {
+            self.forward(req, log).await
+        }
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        log: &Arc<AccessLog>,
+    ) -> Response<ProxyBody> {
+        let uri = req.uri().clone();
+        if uri.scheme() != Some(&Scheme::HTTP) {
+            return local::text(
+                StatusCode::BAD_REQUEST,
+                "only http:// URLs are proxied in absolute form; use CONNECT for https",
+            );
+        }
+        let Some(authority) = uri.authority() else {
+            return local::text(StatusCode::BAD_REQUEST, "request target has no host");
+        };
+        let (host, port) = (authority.host(), authority.port_u16().unwrap_or(80));
+        let upgrade = wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, incoming) = req.into_parts();
+        let expects_continue = parts
+            .headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(HOST, value);
+        }
+        append_via(&mut parts.headers, parts.version, &self.shared.pseudonym);
+        if self.shared.x_forwarded_for {
+            append_forwarded_for(&mut parts.headers, self.client.ip());
+        }
+        parts.uri = origin_form(&uri);
+        parts.version = Version::HTTP_11;
+
+        let observed = Observed::new(incoming, log.clone(), Direction::Up);
+        let mut gate = None;
+        let outgoing = if expects_continue {
+            let wait = self.shared.upstream.config().expect_continue_timeout;
+            let (gated, g) = GatedBody::new(observed, wait);
+            gate = Some(g);
+            body::boxed(gated)
+        } else {
+            body::boxed(observed)
+        };
+        let mut upstream_req = Request::from_parts(parts, outgoing);
+        if let Some(gate) = gate.clone() {
+            hyper::ext::on_informational(&mut upstream_req, move |informational| {
+                if informational.status() == StatusCode::CONTINUE {
+                    gate.open();
+                }
+            });
+        }
+
+        let result = self.shared.upstream.send(host, port, upstream_req).await;
+        if let Some(gate) = gate {
+            gate.close();
+        }
+        let mut response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                debug!(error = %e, %host, port, "upstream failed");
+                return local::text(e.status(), e);
+            }
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let Some(on_client) = client_upgrade else {
+                log.abort();
+                return local::text(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream switched protocols without being asked to",
+                );
+            };
+            let on_upstream = hyper::upgrade::on(&mut response);
+            tunnel::splice_upgrade(&self.shared, on_client, on_upstream, log.clone());
+        }
+        strip_hop_by_hop(response.headers_mut(), switching);
+        let version = response.version();
+        append_via(response.headers_mut(), version, &self.shared.pseudonym);
+        response.map(body::boxed)
+    }
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    let path = match uri.path_and_query() {
+        Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+        // "http://host?q" has a query but no path: the origin form needs one.
+        Some(pq) => PathAndQuery::try_from(format!("/{pq}"))
+            .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+        None => PathAndQuery::from_static("/"),
+    };
+    Uri::from(path)
+}

@@ -1,0 +1,14 @@
+//! The forward proxy inbound: HTTP/1 absolute-form requests, CONNECT tunnels
+//! and protocol upgrades, with the HTTP semantics of `ferryman-http`.
+
+mod access;
+mod auth;
+pub mod config;
+mod guard;
+mod handler;
+mod local;
+mod server;
+mod tunnel;
+
+pub use config::ProxyConfig;
+pub use server::{ForwardProxy, RunningProxy};

@@ -1,0 +1,184 @@
+//! The listener: accepts connections, serves HTTP/1 on them, and shuts down
+//! gracefully.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferryman_http::{UpstreamClient, UpstreamConfig};
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::auth::ProxyAuth;
+use crate::guard::FramingGuard;
+use crate::handler::{Handler, Shared};
+use crate::ProxyConfig;
+
+/// A bound forward-proxy listener, not yet serving.
+pub struct ForwardProxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    config: ProxyConfig,
+}
+
+/// A serving proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
+pub struct RunningProxy {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl ForwardProxy {
+    pub async fn bind(config: ProxyConfig, upstream: UpstreamConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            upstream: UpstreamClient::new(upstream, vec![local_addr]),
+            auth: ProxyAuth::new(&config.auth),
+            pseudonym: pseudonym(),
+            x_forwarded_for: config.x_forwarded_for,
+            listen: local_addr,
+            tasks: TaskTracker::new(),
+            hard_stop: CancellationToken::new(),
+        });
+        Ok(Self {
+            listener,
+            shared,
+            config,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.listen
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// in-flight exchanges and tunnels finish for up to `grace`, and returns.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
+        info!(listen = %self.shared.listen, "forward proxy listening");
+        let tasks = self.shared.tasks.clone();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let shared = self.shared.clone();
+                    let config = self.config.clone();
+                    let shutdown = shutdown.clone();
+                    tasks.spawn(serve(stream, peer, shared, config, shutdown));
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        drop(self.listener);
+        tasks.close();
+        info!(in_flight = tasks.len(), "shutting down");
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            warn!(
+                left = tasks.len(),
+                "grace period over, closing what is left"
+            );
+            self.shared.hard_stop.cancel();
+            tasks.wait().await;
+        }
+    }
+
+    pub fn start(self, grace: Duration) -> RunningProxy {
+        let local_addr = self.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(self.run(shutdown.clone(), grace));
+        RunningProxy {
+            local_addr,
+            shutdown,
+            task,
+        }
+    }
+}
+
+impl RunningProxy {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops gracefully and waits until everything is closed.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        if let Err(e) = self.task.await {
+            warn!(error = %e, "proxy task failed");
+        }
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    config: ProxyConfig,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(FramingGuard::new(
+        stream,
+        config.max_header_bytes,
+        config.max_headers,
+    ));
+    let hard_stop = shared.hard_stop.clone();
+    let handler = Handler {
+        shared,
+        client: peer,
+    };
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler.handle(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.client_idle_timeout)
+        .max_headers(config.max_headers)
+        .max_header_size(config.max_header_bytes)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = hard_stop.cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        if e.is_parse() || e.is_parse_too_large() {
+            info!(target: "ferryman::access", kind = "rejected", client = %peer, error = %e);
+        } else {
+            // The client went away, timed out or reset: expected, not an error.
+            debug!(client = %peer, error = %e, "client connection ended");
+        }
+    }
+}
+
+/// A name for `Via` unique to this process, so a request that comes back
+/// here is recognised as a loop while chained ferrymen are not.
+fn pseudonym() -> HeaderValue {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let tag = hasher.finish() as u32;
+    HeaderValue::from_str(&format!("ferryman-{tag:08x}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("ferryman"))
+}

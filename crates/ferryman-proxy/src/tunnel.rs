@@ -1,0 +1,135 @@
+//! Byte tunnels: CONNECT, and connections that switched protocols (101).
+
+use std::sync::Arc;
+
+use ferryman_http::body;
+use ferryman_http::ProxyBody;
+use http::header::{HeaderValue, CONNECTION};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::access::AccessLog;
+use crate::guard::FramingGuard;
+use crate::handler::Shared;
+use crate::local;
+
+/// Per-direction copy buffer: large enough for bulk transfers to run at
+/// memory speed, small enough not to matter per tunnel.
+const TUNNEL_BUFFER: usize = 64 * 1024;
+
+/// The IO type hyper serves client connections on; a tunnel unwraps it to
+/// copy straight between sockets.
+pub(crate) type ClientIo = TokioIo<FramingGuard<TcpStream>>;
+
+/// Answers CONNECT only once the upstream TCP connection is up, then splices.
+pub(crate) async fn connect(
+    shared: &Arc<Shared>,
+    req: Request<Incoming>,
+    log: &Arc<AccessLog>,
+) -> Response<ProxyBody> {
+    let Some((host, port)) = req
+        .uri()
+        .authority()
+        .and_then(|a| Some((a.host().to_string(), a.port_u16()?)))
+    else {
+        return refuse(local::text(
+            StatusCode::BAD_REQUEST,
+            "CONNECT needs a host:port target",
+        ));
+    };
+    let upstream = match shared.upstream.connect(&host, port).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            debug!(error = %e, %host, port, "CONNECT failed");
+            return refuse(local::text(e.status(), e));
+        }
+    };
+    let on_client = hyper::upgrade::on(req);
+    let stop = shared.hard_stop.clone();
+    let log = log.clone();
+    shared.tasks.spawn(async move {
+        tokio::select! {
+            upgraded = on_client => match upgraded {
+                Ok(client) => splice(client, upstream, &log).await,
+                Err(e) => debug!(error = %e, "client left before the tunnel opened"),
+            },
+            _ = stop.cancelled() => {}
+        }
+    });
+    let mut response = Response::new(body::empty());
+    response
+        .extensions_mut()
+        .insert(hyper::ext::ReasonPhrase::from_static(
+            b"Connection established",
+        ));
+    response
+}
+
+/// A refused CONNECT ends the connection: bytes the client may already have
+/// sent for the tunnel must never be read as HTTP.
+fn refuse(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// After a 101 has gone out, joins the client and the upstream connection.
+pub(crate) fn splice_upgrade(
+    shared: &Arc<Shared>,
+    on_client: OnUpgrade,
+    on_upstream: OnUpgrade,
+    log: Arc<AccessLog>,
+) {
+    let stop = shared.hard_stop.clone();
+    shared.tasks.spawn(async move {
+        tokio::select! {
+            both = async { tokio::try_join!(on_client, on_upstream) } => match both {
+                Ok((client, upstream)) => splice(client, TokioIo::new(upstream), &log).await,
+                Err(e) => debug!(error = %e, "upgrade did not complete"),
+            },
+            _ = stop.cancelled() => {}
+        }
+    });
+}
+
+/// Copies both ways with half-close until both directions are done.
+async fn splice<U>(client: Upgraded, mut upstream: U, log: &AccessLog)
+where
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = match client.downcast::<ClientIo>() {
+        Ok(parts) => {
+            let mut socket = parts.io.into_inner().into_inner();
+            pump(&mut socket, &mut upstream, &parts.read_buf).await
+        }
+        Err(client) => pump(&mut TokioIo::new(client), &mut upstream, &[]).await,
+    };
+    match result {
+        Ok((up, down)) => log.tunnelled(up, down),
+        Err(e) => {
+            log.abort();
+            debug!(error = %e, "tunnel ended");
+        }
+    }
+}
+
+async fn pump<C, U>(client: &mut C, upstream: &mut U, early: &[u8]) -> std::io::Result<(u64, u64)>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    // Bytes the client sent right behind its request head belong to the tunnel.
+    if !early.is_empty() {
+        upstream.write_all(early).await?;
+    }
+    let (up, down) =
+        tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUFFER, TUNNEL_BUFFER)
+            .await?;
+    Ok((up + early.len() as u64, down))
+}

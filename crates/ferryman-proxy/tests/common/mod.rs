@@ -1,0 +1,41 @@
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferryman_http::UpstreamConfig;
+use ferryman_proxy::{ForwardProxy, ProxyConfig, RunningProxy};
+
+pub async fn proxy() -> RunningProxy {
+    proxy_with(|_, _| {}).await
+}
+
+pub async fn proxy_with(tweak: impl FnOnce(&mut ProxyConfig, &mut UpstreamConfig)) -> RunningProxy {
+    let mut proxy = ProxyConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..ProxyConfig::default()
+    };
+    let mut upstream = UpstreamConfig::default();
+    tweak(&mut proxy, &mut upstream);
+    ForwardProxy::bind(proxy, upstream)
+        .await
+        .expect("bind proxy")
+        .start(Duration::from_secs(5))
+}
+
+/// Runs curl with the given arguments; returns (exit ok, stdout, stderr).
+pub async fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed (apt-get install curl)");
+    (
+        out.status.success(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub const LIMIT: Duration = Duration::from_secs(10);

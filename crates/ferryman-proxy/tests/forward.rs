@@ -1,0 +1,319 @@
+//! Plain HTTP forwarding: real clients, header semantics, keep-alive,
+//! pipelining, local answers.
+
+mod common;
+
+use common::{curl, proxy, proxy_with};
+use ferryman_testkit::backend::{empty, full, Backend};
+use ferryman_testkit::raw::Raw;
+use http::{HeaderMap, Response, StatusCode};
+use tokio::sync::mpsc;
+
+/// A backend that reports each request's headers and answers with its path.
+async fn recording_backend() -> (Backend, mpsc::UnboundedReceiver<HeaderMap>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let backend = Backend::start(move |req| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(req.headers().clone());
+            Response::new(full(req.uri().path().to_string()))
+        }
+    })
+    .await;
+    (backend, rx)
+}
+
+#[tokio::test]
+async fn curl_gets_through_the_proxy() {
+    let (backend, _) = recording_backend().await;
+    let proxy = proxy().await;
+    let proxy_url = format!("http://{}", proxy.local_addr());
+    let (ok, body, err) = curl(&["-x", &proxy_url, &backend.url("/hello")]).await;
+    assert!(ok, "{err}");
+    assert_eq!(body, b"/hello");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_fields_are_removed_both_ways_and_end_to_end_ones_kept() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let backend = Backend::start(move |req| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(req.headers().clone());
+            Response::builder()
+                .header("connection", "x-bar")
+                .header("x-bar", "secret")
+                .header("keep-alive", "timeout=5")
+                .header("set-cookie", "a=1")
+                .header("set-cookie", "b=2")
+                .header("content-encoding", "gzip")
+                .body(full(&b"\x1f\x8b not really gzip"[..]))
+                .unwrap()
+        }
+    })
+    .await;
+    let proxy = proxy().await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive, X-Foo\r\nX-Foo: 1\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+             Accept-Encoding: gzip, br\r\nX-Keep: yes\r\n\r\n",
+            backend.url("/h"),
+            backend.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    let (head, body) = raw.read_response(false).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(body.unwrap(), b"\x1f\x8b not really gzip");
+
+    let up = seen.recv().await.unwrap();
+    for gone in [
+        "x-foo",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "connection",
+    ] {
+        assert!(
+            !up.contains_key(gone),
+            "{gone} reached the upstream: {up:?}"
+        );
+    }
+    assert_eq!(up["accept-encoding"], "gzip, br");
+    assert_eq!(up["x-keep"], "yes");
+    assert_eq!(up["host"], backend.addr.to_string());
+    assert!(up["via"].to_str().unwrap().starts_with("1.1 ferryman-"));
+
+    assert_eq!(head.header("x-bar"), None);
+    assert_eq!(head.header("keep-alive"), None);
+    assert_eq!(head.all("set-cookie"), ["a=1", "b=2"]);
+    assert_eq!(head.header("content-encoding"), Some("gzip"));
+    assert!(head.header("via").unwrap().contains("ferryman-"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_with_bodyless_responses_framed() {
+    let backend = Backend::start(|req| async move {
+        let status = match req.uri().path() {
+            "/204" => StatusCode::NO_CONTENT,
+            "/304" => StatusCode::NOT_MODIFIED,
+            _ => StatusCode::OK,
+        };
+        let mut response = Response::new(full(req.uri().path().to_string()));
+        if status != StatusCode::OK {
+            response = Response::new(empty());
+        }
+        *response.status_mut() = status;
+        response
+    })
+    .await;
+    let proxy = proxy().await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    let mut batch = String::new();
+    for (method, path) in [
+        ("GET", "/1"),
+        ("HEAD", "/head"),
+        ("GET", "/204"),
+        ("GET", "/304"),
+        ("GET", "/5"),
+    ] {
+        batch += &format!("{method} {} HTTP/1.1\r\nHost: b\r\n\r\n", backend.url(path));
+    }
+    raw.send(batch.as_bytes()).await;
+    let (h, b) = raw.read_response(false).await;
+    assert_eq!((h.status, b.unwrap()), (200, b"/1".to_vec()));
+    let (h, _) = raw.read_response(true).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.header("content-length"),
+        Some("5"),
+        "HEAD keeps the length of the GET"
+    );
+    let (h, _) = raw.read_response(false).await;
+    assert_eq!(h.status, 204);
+    let (h, _) = raw.read_response(false).await;
+    assert_eq!(h.status, 304);
+    let (h, b) = raw.read_response(false).await;
+    assert_eq!((h.status, b.unwrap()), (200, b"/5".to_vec()));
+    assert_eq!(
+        backend.connections(),
+        1,
+        "one pooled upstream connection served all five"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn http10_clients_get_close_delimited_or_keep_alive_answers() {
+    let (backend, _) = recording_backend().await;
+    let proxy = proxy().await;
+
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(format!("GET {} HTTP/1.0\r\n\r\n", backend.url("/ten")).as_bytes())
+        .await;
+    let (head, body) = raw.read_response(false).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(body.unwrap(), b"/ten");
+    assert!(
+        raw.closed().await,
+        "HTTP/1.0 without keep-alive ends the connection"
+    );
+
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    for path in ["/a", "/b"] {
+        raw.send(
+            format!(
+                "GET {} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                backend.url(path)
+            )
+            .as_bytes(),
+        )
+        .await;
+        let (head, body) = raw.read_response(false).await;
+        assert_eq!(head.status, 200);
+        assert_eq!(body.unwrap(), path.as_bytes());
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn origin_form_requests_get_a_local_page_not_a_loop() {
+    let proxy = proxy().await;
+    let (ok, body, _) = curl(&[&format!("http://{}/", proxy.local_addr())]).await;
+    assert!(ok);
+    let page = String::from_utf8(body).unwrap();
+    assert!(
+        page.contains("ferryman") && page.contains("curl -x"),
+        "{page}"
+    );
+    let (_, body, _) = curl(&[
+        "-w",
+        "%{http_code}",
+        &format!("http://{}/x", proxy.local_addr()),
+    ])
+    .await;
+    assert!(String::from_utf8(body).unwrap().ends_with("404"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_addressed_to_the_proxy_itself_get_508() {
+    let (backend, mut seen) = recording_backend().await;
+    let proxy = proxy().await;
+    let proxy_url = format!("http://{}", proxy.local_addr());
+
+    let (_, body, _) = curl(&[
+        "-x",
+        &proxy_url,
+        "-w",
+        "%{http_code}",
+        &format!("{proxy_url}/x"),
+    ])
+    .await;
+    assert!(String::from_utf8(body).unwrap().ends_with("508"));
+
+    // A request that already carries this proxy's Via entry came back to it.
+    let (ok, _, _) = curl(&["-x", &proxy_url, &backend.url("/")]).await;
+    assert!(ok);
+    let via = seen.recv().await.unwrap()["via"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (_, body, _) = curl(&[
+        "-x",
+        &proxy_url,
+        "-H",
+        &format!("Via: {via}"),
+        "-w",
+        "%{http_code}",
+        &backend.url("/"),
+    ])
+    .await;
+    assert!(String::from_utf8(body).unwrap().ends_with("508"));
+    assert_eq!(
+        backend.requests(),
+        1,
+        "the looping request was not forwarded"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn proxy_authentication() {
+    let (backend, mut seen) = recording_backend().await;
+    let proxy = proxy_with(|p, _| p.auth = vec!["alice:s3cret".into()]).await;
+    let proxy_url = format!("http://{}", proxy.local_addr());
+
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(format!("GET {} HTTP/1.1\r\nHost: b\r\n\r\n", backend.url("/")).as_bytes())
+        .await;
+    let (head, _) = raw.read_response(false).await;
+    assert_eq!(head.status, 407);
+    assert_eq!(
+        head.header("proxy-authenticate"),
+        Some("Basic realm=\"ferryman\"")
+    );
+
+    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: b\r\n\r\n", backend.addr).as_bytes())
+        .await;
+    let (head, _) = raw.read_response(false).await;
+    assert_eq!(head.status, 407);
+
+    let (_, body, _) = curl(&[
+        "-x",
+        &proxy_url,
+        "-U",
+        "alice:wrong",
+        "-w",
+        "%{http_code}",
+        &backend.url("/"),
+    ])
+    .await;
+    assert!(String::from_utf8(body).unwrap().ends_with("407"));
+
+    let (ok, body, err) =
+        curl(&["-x", &proxy_url, "-U", "alice:s3cret", &backend.url("/in")]).await;
+    assert!(ok, "{err}");
+    assert_eq!(body, b"/in");
+    assert!(!seen
+        .recv()
+        .await
+        .unwrap()
+        .contains_key("proxy-authorization"));
+    assert_eq!(backend.requests(), 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn x_forwarded_for_when_configured() {
+    let (backend, mut seen) = recording_backend().await;
+    let proxy = proxy_with(|p, _| p.x_forwarded_for = true).await;
+    let (ok, _, _) = curl(&[
+        "-x",
+        &format!("http://{}", proxy.local_addr()),
+        &backend.url("/"),
+    ])
+    .await;
+    assert!(ok);
+    assert_eq!(seen.recv().await.unwrap()["x-forwarded-for"], "127.0.0.1");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn https_in_absolute_form_is_refused_with_a_reason() {
+    let proxy = proxy().await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(b"GET https://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let (head, body) = raw.read_response(false).await;
+    assert_eq!(head.status, 400);
+    assert!(String::from_utf8(body.unwrap())
+        .unwrap()
+        .contains("CONNECT"));
+    proxy.shutdown().await;
+}

@@ -1,0 +1,180 @@
+//! A byte-level HTTP/1 client, for what real clients hide: pipelining,
+//! interim responses, malformed requests, exact framing.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A parsed response head.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads more bytes into the buffer; false on EOF or reset.
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next response head, or None if the connection ended first.
+    pub async fn read_head(&mut self) -> Option<Head> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(len) = resp.parse(&self.buf).expect("valid response")
+            {
+                let head = Head {
+                    status: resp.code.unwrap_or(0),
+                    headers: resp
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                };
+                self.buf.drain(..len);
+                return Some(head);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Exactly `n` body bytes, or fewer if the connection ends first.
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n && self.fill().await {}
+        let take = n.min(self.buf.len());
+        self.buf.drain(..take).collect()
+    }
+
+    /// A chunked body; Err with what arrived if the connection ended before
+    /// the last chunk.
+    pub async fn read_chunked(&mut self) -> Result<Vec<u8>, Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = match self.read_line().await {
+                Some(line) => line,
+                None => return Err(body),
+            };
+            let size_text = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_text, 16).expect("chunk size");
+            if size == 0 {
+                // Trailers, then the blank line.
+                while let Some(line) = self.read_line().await {
+                    if line.is_empty() {
+                        return Ok(body);
+                    }
+                }
+                return Err(body);
+            }
+            let data = self.read_exact(size + 2).await;
+            if data.len() < size + 2 {
+                body.extend_from_slice(&data[..data.len().min(size)]);
+                return Err(body);
+            }
+            body.extend_from_slice(&data[..size]);
+        }
+    }
+
+    async fn read_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..pos]).into_owned();
+                self.buf.drain(..pos + 2);
+                return Some(line);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// A whole response: head, then the body framed as the head says
+    /// (`bodyless` for answers to HEAD). Err(partial body) when truncated.
+    pub async fn read_response(&mut self, bodyless: bool) -> (Head, Result<Vec<u8>, Vec<u8>>) {
+        let head = self.read_head().await.expect("a response head");
+        if bodyless || head.status == 204 || head.status == 304 || head.status < 200 {
+            return (head, Ok(Vec::new()));
+        }
+        if head
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            let body = self.read_chunked().await;
+            return (head, body);
+        }
+        if let Some(len) = head
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            let body = self.read_exact(len).await;
+            let body = if body.len() == len {
+                Ok(body)
+            } else {
+                Err(body)
+            };
+            return (head, body);
+        }
+        (head, Ok(self.read_to_end().await))
+    }
+
+    /// Everything until the peer closes.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        while self.fill().await {}
+        std::mem::take(&mut self.buf)
+    }
+
+    /// True if the peer closed (EOF or reset) with nothing more to read.
+    pub async fn closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill().await
+    }
+}

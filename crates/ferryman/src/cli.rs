@@ -1,0 +1,80 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// ferryman: forward proxy with HTTPS interception, reverse proxy, tunnel and capture.
+#[derive(Debug, Parser)]
+#[command(version, about, args_conflicts_with_subcommands = false)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(short, long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub overrides: Overrides,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start ferryman (the default when no command is given).
+    Run,
+    /// Validate a configuration file (with any --set overrides) and exit.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Command-line settings; each is a shorthand for one `--set`.
+#[derive(Debug, Args)]
+pub struct Overrides {
+    /// Address of the forward proxy listener (proxy.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub proxy_listen: Option<SocketAddr>,
+
+    /// Where ferryman keeps its state (data_dir).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log format (log.format).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Override any config key: --set upstream.connect_timeout=5s
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl Overrides {
+    /// All overrides as `key=value` pairs, the explicit flags first so that a
+    /// later `--set` of the same key wins.
+    pub fn settings(&self) -> Vec<String> {
+        let mut all = Vec::new();
+        if let Some(addr) = self.proxy_listen {
+            all.push(format!("proxy.listen={addr}"));
+        }
+        if let Some(dir) = &self.data_dir {
+            all.push(format!("data_dir={}", dir.display()));
+        }
+        if let Some(format) = self.log_format {
+            let name = match format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            };
+            all.push(format!("log.format={name}"));
+        }
+        all.extend(self.set.iter().cloned());
+        all
+    }
+}

@@ -1,0 +1,254 @@
+//! The configuration: a TOML file, then `--set key.path=value` overrides,
+//! checked as a whole before anything starts.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferryman_http::config::{humantime_serde, Invalid};
+use ferryman_http::UpstreamConfig;
+use ferryman_proxy::ProxyConfig;
+use serde::Deserialize;
+use toml::{Table, Value};
+
+use crate::cli::LogFormat;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where ferryman keeps its state; created if missing.
+    pub data_dir: PathBuf,
+    /// On SIGINT/SIGTERM, how long in-flight exchanges and tunnels may take to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub proxy: ProxyConfig,
+    pub upstream: UpstreamConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("ferryman-data"),
+            shutdown_grace: Duration::from_secs(10),
+            proxy: ProxyConfig::default(),
+            upstream: UpstreamConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Why the configuration was refused; says which key, its value and why.
+#[derive(Debug)]
+pub struct ConfigError(Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, line) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "config error: {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn refuse(line: impl Into<String>) -> ConfigError {
+    ConfigError(vec![line.into()])
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| refuse(format!("cannot read {}: {e}", path.display())))?;
+                text.parse::<Table>()
+                    .map_err(|e| refuse(format!("{}: {e}", path.display())))?
+            }
+            None => Table::new(),
+        };
+        for setting in overrides {
+            apply_override(&mut table, setting)?;
+        }
+        let config: Config = serde_path_to_error::deserialize(Value::Table(table.clone()))
+            .map_err(|e| {
+                let key = e.path().to_string();
+                let shown = lookup(&table, &key).map_or_else(String::new, |v| format!(" = {v}"));
+                refuse(format!("{key}{shown}: {}", e.inner()))
+            })?;
+        config.validate(&table)?;
+        Ok(config)
+    }
+
+    fn validate(&self, table: &Table) -> Result<(), ConfigError> {
+        let mut invalid: Vec<Invalid> = Vec::new();
+        self.proxy.validate(&mut invalid);
+        self.upstream.validate(&mut invalid);
+        if invalid.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError(
+            invalid
+                .into_iter()
+                .map(|i| {
+                    let shown = lookup(table, &i.key)
+                        .map_or_else(|| " (default)".to_string(), |v| format!(" = {v}"));
+                    format!("{}{shown}: {}", i.key, i.reason)
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// `a.b.c=value`: the value is read as TOML (numbers, booleans, arrays,
+/// quoted strings) and otherwise taken as a plain string.
+fn apply_override(table: &mut Table, setting: &str) -> Result<(), ConfigError> {
+    let Some((key, raw)) = setting.split_once('=') else {
+        return Err(refuse(format!(
+            "--set {setting}: expected KEY=VALUE, e.g. --set proxy.listen=127.0.0.1:3128"
+        )));
+    };
+    let key = key.trim();
+    let value = format!("v = {raw}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(raw.to_string()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop().filter(|k| !k.is_empty()) else {
+        return Err(refuse(format!("--set {setting}: empty key")));
+    };
+    let mut node = table;
+    for (depth, part) in parts.iter().enumerate() {
+        let entry = node
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        node = match entry {
+            Value::Table(t) => t,
+            _ => {
+                return Err(refuse(format!(
+                    "--set {setting}: {} is not a section",
+                    parts[..=depth].join(".")
+                )))
+            }
+        };
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
+    let mut parts = key.split('.');
+    let mut value = table.get(parts.next()?)?;
+    for part in parts {
+        value = match (
+            value,
+            part.strip_suffix(']').and_then(|p| p.split_once('[')),
+        ) {
+            (Value::Table(t), None) => t.get(part)?,
+            (Value::Table(t), Some((name, index))) => {
+                t.get(name)?.as_array()?.get(index.parse::<usize>().ok()?)?
+            }
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, sets: &[&str]) -> Result<Config, String> {
+        let dir = std::env::temp_dir().join(format!("ferryman-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.toml", text.len() * 31 + sets.len()));
+        std::fs::write(&path, text).unwrap();
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::load(Some(&path), &sets).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_loopback() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!(c.proxy.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("ferryman-data"));
+    }
+
+    #[test]
+    fn set_overrides_file_and_parses_types() {
+        let c = load(
+            "[upstream]\nconnect_timeout = \"3s\"\n",
+            &[
+                "upstream.connect_timeout=250ms",
+                "proxy.x_forwarded_for=true",
+                "proxy.auth=[\"a:b\"]",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.upstream.connect_timeout, Duration::from_millis(250));
+        assert!(c.proxy.x_forwarded_for);
+        assert_eq!(c.proxy.auth, ["a:b"]);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let e = load("[proxy]\nlisten_addr = \"127.0.0.1:1\"\n", &[]).unwrap_err();
+        assert!(e.contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_key_value_and_reason() {
+        let e = load("", &["upstream.connect_timeout=soon"]).unwrap_err();
+        assert!(e.contains("upstream.connect_timeout"), "{e}");
+        assert!(e.contains("\"soon\""), "{e}");
+        assert!(e.contains("not a duration"), "{e}");
+        let e = load("[proxy]\nlisten = \"nowhere\"\n", &[]).unwrap_err();
+        assert!(e.contains("proxy.listen = \"nowhere\""), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let e = load(
+            "[proxy]\nlisten = \"0.0.0.0:8080\"\n[upstream]\nconnect_timeout = \"0s\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("proxy.listen = \"0.0.0.0:8080\""), "{e}");
+        assert!(e.contains("allow_open_proxy"), "{e}");
+        assert!(
+            e.contains("upstream.connect_timeout = \"0s\": must be greater than zero"),
+            "{e}"
+        );
+        assert!(load(
+            "[proxy]\nlisten = \"0.0.0.0:8080\"\nallow_open_proxy = true\n",
+            &[]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn set_into_a_value_is_refused() {
+        let e = load("data_dir = \"x\"\n", &["data_dir.sub=1"]).unwrap_err();
+        assert!(e.contains("data_dir is not a section"), "{e}");
+        assert!(load("", &["novalue"]).unwrap_err().contains("KEY=VALUE"));
+    }
+}
