@@ -287,8 +287,7 @@ mod tests {
         let err = body
             .collect()
             .await
-            .err()
-            .expect("closed gate fails the body");
+            .expect_err("closed gate fails the body");
         assert!(err.is::<BodyNotSent>());
     }
 

@@ -163,7 +163,10 @@ mod tests {
         assert!(!via_contains(&h, &ours));
         append_via(&mut h, Version::HTTP_10, &ours);
         assert!(via_contains(&h, &ours));
-        assert_eq!(h.get_all("via").iter().last().unwrap(), "1.0 ferryman-ab12");
+        assert_eq!(
+            h.get_all("via").iter().next_back().unwrap(),
+            "1.0 ferryman-ab12"
+        );
     }
 
     #[test]

@@ -48,8 +48,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
         let before = buf.filled().len();
         let this = &mut *self;
         std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if this.scanner.feed(&buf.filled()[before..]) == Verdict::Reject {
-            buf.set_filled(before);
+        if let Verdict::Reject { at } = this.scanner.feed(&buf.filled()[before..]) {
+            // Requests ahead of the bad head in this read still get served.
+            buf.set_filled(before + at);
             let room = buf.remaining().min(POISON.len());
             buf.put_slice(&POISON[..room]);
         }
@@ -90,7 +91,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Pass,
-    Reject,
+    /// The head starting `at` bytes into this read (0 if it started in an
+    /// earlier read) must not be parsed.
+    Reject {
+        at: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -137,7 +142,8 @@ impl Scanner {
         }
     }
 
-    fn feed(&mut self, mut data: &[u8]) -> Verdict {
+    fn feed(&mut self, read: &[u8]) -> Verdict {
+        let mut data = read;
         while !data.is_empty() {
             data = match &mut self.state {
                 State::Off | State::Rejected => return Verdict::Pass,
@@ -180,8 +186,13 @@ impl Scanner {
                             return Verdict::Pass;
                         }
                         Head::Ambiguous => {
+                            let at = if from_partial == 0 {
+                                read.len() - data.len()
+                            } else {
+                                0
+                            };
                             self.state = State::Rejected;
-                            return Verdict::Reject;
+                            return Verdict::Reject { at };
                         }
                         Head::Unfollowable => {
                             self.state = State::Off;
@@ -328,7 +339,7 @@ mod tests {
             &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 5\r\n\r\n"[..],
         ] {
-            assert_eq!(scan(&[head]), [Verdict::Reject]);
+            assert_eq!(scan(&[head]), [Verdict::Reject { at: 0 }]);
         }
     }
 
@@ -336,7 +347,12 @@ mod tests {
     fn smuggled_head_after_a_fixed_body_is_found() {
         let first = b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd";
         let second = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(scan(&[first, second]), [Verdict::Pass, Verdict::Reject]);
+        assert_eq!(
+            scan(&[first, second]),
+            [Verdict::Pass, Verdict::Reject { at: 0 }]
+        );
+        let both = [&first[..], &second[..]].concat();
+        assert_eq!(scan(&[&both]), [Verdict::Reject { at: first.len() }]);
     }
 
     #[test]
@@ -347,11 +363,8 @@ mod tests {
         // Byte by byte: every state boundary falls between two reads.
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         let verdicts = scan(&bytes);
-        assert_eq!(verdicts.last(), Some(&Verdict::Reject));
-        assert_eq!(
-            verdicts.iter().filter(|v| **v == Verdict::Reject).count(),
-            1
-        );
+        assert_eq!(verdicts.last(), Some(&Verdict::Reject { at: 0 }));
+        assert_eq!(verdicts.iter().filter(|v| **v != Verdict::Pass).count(), 1);
     }
 
     #[test]

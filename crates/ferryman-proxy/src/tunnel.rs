@@ -50,15 +50,11 @@ pub(crate) async fn connect(
         }
     };
     let on_client = hyper::upgrade::on(req);
-    let stop = shared.hard_stop.clone();
     let log = log.clone();
-    shared.tasks.spawn(async move {
-        tokio::select! {
-            upgraded = on_client => match upgraded {
-                Ok(client) => splice(client, upstream, &log).await,
-                Err(e) => debug!(error = %e, "client left before the tunnel opened"),
-            },
-            _ = stop.cancelled() => {}
+    spawn_until_stopped(shared, log.clone(), async move {
+        match on_client.await {
+            Ok(client) => splice(client, upstream, &log).await,
+            Err(e) => debug!(error = %e, "client left before the tunnel opened"),
         }
     });
     let mut response = Response::new(body::empty());
@@ -86,14 +82,26 @@ pub(crate) fn splice_upgrade(
     on_upstream: OnUpgrade,
     log: Arc<AccessLog>,
 ) {
+    spawn_until_stopped(shared, log.clone(), async move {
+        match tokio::try_join!(on_client, on_upstream) {
+            Ok((client, upstream)) => splice(client, TokioIo::new(upstream), &log).await,
+            Err(e) => debug!(error = %e, "upgrade did not complete"),
+        }
+    });
+}
+
+/// Runs a tunnel as a tracked task that ends, marked aborted, when the
+/// shutdown grace period is over.
+fn spawn_until_stopped(
+    shared: &Arc<Shared>,
+    log: Arc<AccessLog>,
+    tunnel: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let stop = shared.hard_stop.clone();
     shared.tasks.spawn(async move {
         tokio::select! {
-            both = async { tokio::try_join!(on_client, on_upstream) } => match both {
-                Ok((client, upstream)) => splice(client, TokioIo::new(upstream), &log).await,
-                Err(e) => debug!(error = %e, "upgrade did not complete"),
-            },
-            _ = stop.cancelled() => {}
+            () = tunnel => {}
+            () = stop.cancelled() => log.abort(),
         }
     });
 }

@@ -75,6 +75,23 @@ impl Backend {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<TestBody>> + Send + 'static,
     {
+        Self::start_with(None, handler).await
+    }
+
+    /// The same over TLS with the given server config.
+    pub async fn start_tls<F, Fut>(tls: Arc<rustls::ServerConfig>, handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(tls)), handler).await
+    }
+
+    async fn start_with<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind backend");
@@ -92,16 +109,30 @@ impl Backend {
                     let handler = handler.clone();
                     let seen = seen.clone();
                     let open_tx = open_tx.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req| {
                             seen.requests.fetch_add(1, Ordering::SeqCst);
                             let handler = handler.clone();
                             async move { Ok::<_, Infallible>(handler(req).await) }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .with_upgrades()
-                            .await;
+                        let http = hyper::server::conn::http1::Builder::new();
+                        match tls {
+                            None => {
+                                let _ = http
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .with_upgrades()
+                                    .await;
+                            }
+                            Some(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    let _ = http
+                                        .serve_connection(TokioIo::new(stream), service)
+                                        .with_upgrades()
+                                        .await;
+                                }
+                            }
+                        }
                         open_tx.send_modify(|n| *n -= 1);
                     });
                 }
@@ -140,6 +171,56 @@ impl Backend {
 }
 
 impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A server that hands each accepted TCP connection, numbered from 0, to
+/// the test: for upstreams that misbehave in ways hyper would not.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl RawBackend {
+    pub async fn start<F, Fut>(per_connection: F) -> RawBackend
+    where
+        F: Fn(crate::raw::Raw, usize) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw backend");
+        let addr = listener.local_addr().expect("raw backend addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let n = accepted.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(per_connection(crate::raw::Raw::from(stream), n));
+                }
+            })
+        };
+        RawBackend {
+            addr,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for RawBackend {
     fn drop(&mut self) {
         self.task.abort();
     }

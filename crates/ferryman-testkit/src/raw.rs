@@ -6,6 +6,15 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+impl From<TcpStream> for Raw {
+    fn from(stream: TcpStream) -> Raw {
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+}
+
 /// A parsed response head.
 #[derive(Debug, Clone)]
 pub struct Head {
@@ -35,13 +44,79 @@ pub struct Raw {
     buf: Vec<u8>,
 }
 
+/// A parsed request head, for raw backends.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn content_length(&self) -> usize {
+        self.header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).await.expect("connect");
-        Raw {
-            stream,
-            buf: Vec::new(),
+        Raw::from(stream)
+    }
+
+    /// The next request head (server side), or None if the peer closed first.
+    pub async fn read_request_head(&mut self) -> Option<RequestHead> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(len)) = req.parse(&self.buf) {
+                let head = RequestHead {
+                    method: req.method.unwrap_or("").to_string(),
+                    target: req.path.unwrap_or("").to_string(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                };
+                self.buf.drain(..len);
+                return Some(head);
+            }
+            if !self.fill().await {
+                return None;
+            }
         }
+    }
+
+    /// The next chunk of a chunked body: Some(data), or None after the last
+    /// chunk (trailers consumed) or when the connection ends.
+    pub async fn read_chunk(&mut self) -> Option<Vec<u8>> {
+        let line = self.read_line().await?;
+        let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            while let Some(line) = self.read_line().await {
+                if line.is_empty() {
+                    break;
+                }
+            }
+            return None;
+        }
+        let data = self.read_exact(size + 2).await;
+        (data.len() == size + 2).then(|| data[..size].to_vec())
     }
 
     pub async fn send(&mut self, bytes: &[u8]) {

@@ -11,6 +11,13 @@ pub async fn proxy() -> RunningProxy {
 }
 
 pub async fn proxy_with(tweak: impl FnOnce(&mut ProxyConfig, &mut UpstreamConfig)) -> RunningProxy {
+    proxy_with_grace(Duration::from_secs(5), tweak).await
+}
+
+pub async fn proxy_with_grace(
+    grace: Duration,
+    tweak: impl FnOnce(&mut ProxyConfig, &mut UpstreamConfig),
+) -> RunningProxy {
     let mut proxy = ProxyConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         ..ProxyConfig::default()
@@ -20,7 +27,7 @@ pub async fn proxy_with(tweak: impl FnOnce(&mut ProxyConfig, &mut UpstreamConfig
     ForwardProxy::bind(proxy, upstream)
         .await
         .expect("bind proxy")
-        .start(Duration::from_secs(5))
+        .start(grace)
 }
 
 /// Runs curl with the given arguments; returns (exit ok, stdout, stderr).
