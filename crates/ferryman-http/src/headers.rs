@@ -54,36 +54,56 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Appends this hop to `Via`, named after the version the message arrived in.
-pub fn append_via(headers: &mut HeaderMap, version: Version, pseudonym: &HeaderValue) {
-    let proto = match version {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
-    };
-    let mut value = Vec::with_capacity(4 + pseudonym.len());
-    value.extend_from_slice(proto.as_bytes());
-    value.push(b' ');
-    value.extend_from_slice(pseudonym.as_bytes());
-    if let Ok(value) = HeaderValue::from_bytes(&value) {
-        headers.append(header::VIA, value);
-    }
+/// This hop's `Via` entries, built once: `1.1 <pseudonym>` and friends.
+#[derive(Debug, Clone)]
+pub struct Via {
+    pseudonym: String,
+    http10: HeaderValue,
+    http11: HeaderValue,
+    http2: HeaderValue,
 }
 
-/// True when one of the `Via` entries names `pseudonym`: the request already
-/// went through this very process.
-pub fn via_contains(headers: &HeaderMap, pseudonym: &HeaderValue) -> bool {
-    let Ok(ours) = pseudonym.to_str() else {
-        return false;
-    };
-    headers
-        .get_all(header::VIA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|entry| entry.split_whitespace().nth(1))
-        .any(|by| by == ours)
+impl Via {
+    /// `pseudonym` names this hop, e.g. `ferryman-1a2b3c4d`; characters not
+    /// allowed in a token are dropped.
+    pub fn new(pseudonym: &str) -> Self {
+        let pseudonym: String = pseudonym
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "-._~".contains(*c))
+            .collect();
+        let entry = |proto: &'static str| {
+            HeaderValue::from_str(&format!("{proto} {pseudonym}"))
+                .unwrap_or_else(|_| HeaderValue::from_static(proto))
+        };
+        Self {
+            http10: entry("1.0"),
+            http11: entry("1.1"),
+            http2: entry("2"),
+            pseudonym,
+        }
+    }
+
+    /// Appends this hop, named after the version the message arrived in.
+    pub fn append(&self, headers: &mut HeaderMap, version: Version) {
+        let value = match version {
+            Version::HTTP_10 => &self.http10,
+            Version::HTTP_2 | Version::HTTP_3 => &self.http2,
+            _ => &self.http11,
+        };
+        headers.append(header::VIA, value.clone());
+    }
+
+    /// True when a `Via` entry names this hop: the message already went
+    /// through this very process.
+    pub fn seen_in(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(header::VIA)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|entry| entry.split_whitespace().nth(1))
+            .any(|by| by == self.pseudonym)
+    }
 }
 
 /// Appends the client address to `X-Forwarded-For`.
@@ -158,11 +178,11 @@ mod tests {
 
     #[test]
     fn via_round_trip() {
-        let ours = HeaderValue::from_static("ferryman-ab12");
-        let mut h = map(&[("via", "1.1 squid")]);
-        assert!(!via_contains(&h, &ours));
-        append_via(&mut h, Version::HTTP_10, &ours);
-        assert!(via_contains(&h, &ours));
+        let via = Via::new("ferryman-ab12");
+        let mut h = map(&[("via", "1.1 squid, 1.1 ferryman-ab123")]);
+        assert!(!via.seen_in(&h));
+        via.append(&mut h, Version::HTTP_10);
+        assert!(via.seen_in(&h));
         assert_eq!(
             h.get_all("via").iter().next_back().unwrap(),
             "1.0 ferryman-ab12"

@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ferryman_http::body::{BodyObserver, Direction};
-use http::Method;
+use http::{Method, Uri};
 
 pub(crate) struct AccessLog {
     tunnel: AtomicBool,
     client: SocketAddr,
     method: Method,
-    target: String,
+    /// For CONNECT, the authority form: `host:port`.
+    target: Uri,
     start: Instant,
     status: AtomicU16,
     up: AtomicU64,
@@ -22,7 +23,7 @@ pub(crate) struct AccessLog {
 }
 
 impl AccessLog {
-    pub(crate) fn new(client: SocketAddr, method: Method, target: String) -> Self {
+    pub(crate) fn new(client: SocketAddr, method: Method, target: Uri) -> Self {
         Self {
             tunnel: AtomicBool::new(false),
             client,

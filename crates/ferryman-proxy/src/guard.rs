@@ -9,6 +9,7 @@
 //! scanner cannot follow it leaves alone; hyper rejects malformed input itself.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -218,10 +219,20 @@ enum Head {
     Complete { len: usize, next: State },
 }
 
+/// Heads with up to this many fields are parsed without a heap allocation.
+const STACK_HEADERS: usize = 128;
+
 fn inspect_head(bytes: &[u8], max_headers: usize) -> Head {
-    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(bytes) {
+    let mut on_stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut on_heap = Vec::new();
+    let headers = if max_headers <= STACK_HEADERS {
+        &mut on_stack[..max_headers]
+    } else {
+        on_heap.resize_with(max_headers, MaybeUninit::uninit);
+        &mut on_heap[..]
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(bytes, headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Partial,
         Err(_) => return Head::Unfollowable,

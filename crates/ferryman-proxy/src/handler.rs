@@ -4,9 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ferryman_http::body::{self, Direction, GatedBody, Observed};
-use ferryman_http::headers::{
-    append_forwarded_for, append_via, strip_hop_by_hop, via_contains, wants_upgrade,
-};
+use ferryman_http::headers::{append_forwarded_for, strip_hop_by_hop, wants_upgrade, Via};
 use ferryman_http::{ProxyBody, UpstreamClient};
 use http::header::{HeaderValue, EXPECT, HOST};
 use http::uri::{PathAndQuery, Scheme};
@@ -20,18 +18,24 @@ use crate::access::AccessLog;
 use crate::auth::ProxyAuth;
 use crate::{local, tunnel};
 
-/// Everything the connections of one listener share.
-pub(crate) struct Shared {
-    pub(crate) upstream: UpstreamClient,
+/// What every connection of the listener shares, on every thread.
+pub(crate) struct Common {
     pub(crate) auth: Option<ProxyAuth>,
-    /// This process's name in `Via`; seeing it come back means a loop.
-    pub(crate) pseudonym: HeaderValue,
+    /// This process's entry in `Via`; seeing it come back means a loop.
+    pub(crate) via: Via,
     pub(crate) x_forwarded_for: bool,
     pub(crate) listen: SocketAddr,
-    /// Tunnels outlive the request that opened them; they are tracked here.
+    /// Connections and tunnels, which outlive the request that opened them.
     pub(crate) tasks: TaskTracker,
     /// Cancelled when the shutdown grace period is over.
     pub(crate) hard_stop: CancellationToken,
+}
+
+/// One worker thread's view: the common part plus its own upstream pool, so
+/// an exchange never wakes a task on another thread.
+pub(crate) struct Shared {
+    pub(crate) common: Arc<Common>,
+    pub(crate) upstream: UpstreamClient,
 }
 
 #[derive(Clone)]
@@ -41,32 +45,30 @@ pub(crate) struct Handler {
 }
 
 impl Handler {
-    pub(crate) async fn handle(self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let target = match req.method() {
-            &Method::CONNECT => req
-                .uri()
-                .authority()
-                .map_or_else(String::new, |a| a.to_string()),
-            _ => req.uri().to_string(),
-        };
-        let log = Arc::new(AccessLog::new(self.client, req.method().clone(), target));
+    pub(crate) async fn handle(self, req: Request<Incoming>) -> Response<Observed<ProxyBody>> {
+        let log = Arc::new(AccessLog::new(
+            self.client,
+            req.method().clone(),
+            req.uri().clone(),
+        ));
         let mut response = self.route(req, &log).await;
         log.set_status(response.status());
         *response.version_mut() = Version::HTTP_11;
-        response.map(|b| body::boxed(Observed::new(b, log, Direction::Down)))
+        response.map(|b| Observed::new(b, log, Direction::Down))
     }
 
     async fn route(&self, req: Request<Incoming>, log: &Arc<AccessLog>) -> Response<ProxyBody> {
         let is_proxy_request = req.method() == Method::CONNECT || req.uri().authority().is_some();
+        let common = &self.shared.common;
         if !is_proxy_request {
-            return local::about(req.uri().path(), &self.shared.listen.to_string());
+            return local::about(req.uri().path(), &common.listen.to_string());
         }
-        if let Some(auth) = &self.shared.auth {
+        if let Some(auth) = &common.auth {
             if !auth.allows(req.headers()) {
                 return local::auth_required();
             }
         }
-        if via_contains(req.headers(), &self.shared.pseudonym) {
+        if common.via.seen_in(req.headers()) {
             return local::text(
                 StatusCode::LOOP_DETECTED,
                 "this request already went through this proxy",
@@ -94,7 +96,7 @@ impl Handler {
         let Some(authority) = uri.authority() else {
             return local::text(StatusCode::BAD_REQUEST, "request target has no host");
         };
-        let (host, port) = (authority.host(), authority.port_u16().unwrap_or(80));
+        let authority = authority.clone();
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
@@ -107,8 +109,9 @@ impl Handler {
         if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
             parts.headers.insert(HOST, value);
         }
-        append_via(&mut parts.headers, parts.version, &self.shared.pseudonym);
-        if self.shared.x_forwarded_for {
+        let common = &self.shared.common;
+        common.via.append(&mut parts.headers, parts.version);
+        if common.x_forwarded_for {
             append_forwarded_for(&mut parts.headers, self.client.ip());
         }
         parts.uri = origin_form(&uri);
@@ -133,14 +136,14 @@ impl Handler {
             });
         }
 
-        let result = self.shared.upstream.send(host, port, upstream_req).await;
+        let result = self.shared.upstream.send(&authority, upstream_req).await;
         if let Some(gate) = gate {
             gate.close();
         }
         let mut response = match result {
             Ok(response) => response,
             Err(e) => {
-                debug!(error = %e, %host, port, "upstream failed");
+                debug!(error = %e, %authority, "upstream failed");
                 return local::text(e.status(), e);
             }
         };
@@ -158,7 +161,7 @@ impl Handler {
         }
         strip_hop_by_hop(response.headers_mut(), switching);
         let version = response.version();
-        append_via(response.headers_mut(), version, &self.shared.pseudonym);
+        common.via.append(response.headers_mut(), version);
         response.map(body::boxed)
     }
 }

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferryman_http::headers::Via;
 use ferryman_http::{UpstreamClient, UpstreamConfig};
-use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,14 +18,15 @@ use tracing::{debug, info, warn};
 
 use crate::auth::ProxyAuth;
 use crate::guard::FramingGuard;
-use crate::handler::{Handler, Shared};
+use crate::handler::{Common, Handler, Shared};
 use crate::ProxyConfig;
 
 /// A bound forward-proxy listener, not yet serving.
 pub struct ForwardProxy {
-    listener: TcpListener,
-    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    common: Arc<Common>,
     config: ProxyConfig,
+    upstream: UpstreamConfig,
 }
 
 /// A serving proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
@@ -36,42 +37,106 @@ pub struct RunningProxy {
 }
 
 impl ForwardProxy {
-    pub async fn bind(config: ProxyConfig, upstream: UpstreamConfig) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(config.listen).await?;
-        let local_addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            upstream: UpstreamClient::new(upstream, vec![local_addr]),
+    pub fn bind(config: ProxyConfig, upstream: UpstreamConfig) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        listener.set_nonblocking(true)?;
+        let listen = listener.local_addr()?;
+        let common = Arc::new(Common {
             auth: ProxyAuth::new(&config.auth),
-            pseudonym: pseudonym(),
+            via: via(),
             x_forwarded_for: config.x_forwarded_for,
-            listen: local_addr,
+            listen,
             tasks: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
         });
         Ok(Self {
             listener,
-            shared,
+            common,
             config,
+            upstream,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.listen
+        self.common.listen
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, lets
-    /// in-flight exchanges and tunnels finish for up to `grace`, and returns.
-    pub async fn run(self, shutdown: CancellationToken, grace: Duration) {
-        info!(listen = %self.shared.listen, "forward proxy listening");
-        let tasks = self.shared.tasks.clone();
+    /// Serves on the current runtime until `shutdown` is cancelled, then
+    /// stops accepting, lets in-flight exchanges and tunnels finish for up to
+    /// `grace`, and returns.
+    pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> std::io::Result<()> {
+        info!(listen = %self.common.listen, workers = 1, "forward proxy listening");
+        self.serve_here(shutdown, grace).await
+    }
+
+    /// Serves with `workers` threads, each running its own single-threaded
+    /// runtime, accept loop and upstream pool (no work stealing, so an
+    /// exchange stays on one core). Blocks until shut down and drained.
+    pub fn run_threaded(
+        self,
+        workers: usize,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> std::io::Result<()> {
+        info!(listen = %self.common.listen, workers, "forward proxy listening");
+        let mut threads = Vec::with_capacity(workers);
+        for n in 0..workers.max(1) {
+            let worker = ForwardProxy {
+                listener: self.listener.try_clone()?,
+                common: self.common.clone(),
+                config: self.config.clone(),
+                upstream: self.upstream.clone(),
+            };
+            let shutdown = shutdown.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("ferryman-{n}"))
+                    .spawn(move || runtime.block_on(worker.serve_here(shutdown, grace)))?,
+            );
+        }
+        for thread in threads {
+            match thread.join() {
+                Ok(result) => result?,
+                Err(_) => warn!("a worker thread panicked"),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn start(self, grace: Duration) -> RunningProxy {
+        let local_addr = self.local_addr();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = self.run(token, grace).await {
+                warn!(error = %e, "forward proxy failed");
+            }
+        });
+        RunningProxy {
+            local_addr,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn serve_here(self, shutdown: CancellationToken, grace: Duration) -> std::io::Result<()> {
+        let listener = TcpListener::from_std(self.listener)?;
+        let shared = Arc::new(Shared {
+            upstream: UpstreamClient::new(self.upstream, vec![self.common.listen]),
+            common: self.common.clone(),
+        });
+        let tasks = &self.common.tasks;
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
+                accepted = listener.accept() => accepted,
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let shared = self.shared.clone();
+                    let shared = shared.clone();
                     let config = self.config.clone();
                     let shutdown = shutdown.clone();
                     tasks.spawn(serve(stream, peer, shared, config, shutdown));
@@ -83,7 +148,7 @@ impl ForwardProxy {
                 }
             }
         }
-        drop(self.listener);
+        drop(listener);
         tasks.close();
         info!(in_flight = tasks.len(), "shutting down");
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
@@ -91,20 +156,10 @@ impl ForwardProxy {
                 left = tasks.len(),
                 "grace period over, closing what is left"
             );
-            self.shared.hard_stop.cancel();
+            self.common.hard_stop.cancel();
             tasks.wait().await;
         }
-    }
-
-    pub fn start(self, grace: Duration) -> RunningProxy {
-        let local_addr = self.local_addr();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(self.run(shutdown.clone(), grace));
-        RunningProxy {
-            local_addr,
-            shutdown,
-            task,
-        }
+        Ok(())
     }
 }
 
@@ -135,7 +190,7 @@ async fn serve(
         config.max_header_bytes,
         config.max_headers,
     ));
-    let hard_stop = shared.hard_stop.clone();
+    let hard_stop = shared.common.hard_stop.clone();
     let handler = Handler {
         shared,
         client: peer,
@@ -172,13 +227,12 @@ async fn serve(
     }
 }
 
-/// A name for `Via` unique to this process, so a request that comes back
+/// A `Via` entry unique to this process, so a request that comes back
 /// here is recognised as a loop while chained ferrymen are not.
-fn pseudonym() -> HeaderValue {
+fn via() -> Via {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     let tag = hasher.finish() as u32;
-    HeaderValue::from_str(&format!("ferryman-{tag:08x}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("ferryman"))
+    Via::new(&format!("ferryman-{tag:08x}"))
 }

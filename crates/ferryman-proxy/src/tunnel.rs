@@ -15,7 +15,7 @@ use tracing::debug;
 
 use crate::access::AccessLog;
 use crate::guard::FramingGuard;
-use crate::handler::Shared;
+use crate::handler::{Common, Shared};
 use crate::local;
 
 /// Per-direction copy buffer: large enough for bulk transfers to run at
@@ -51,7 +51,7 @@ pub(crate) async fn connect(
     };
     let on_client = hyper::upgrade::on(req);
     let log = log.clone();
-    spawn_until_stopped(shared, log.clone(), async move {
+    spawn_until_stopped(&shared.common, log.clone(), async move {
         match on_client.await {
             Ok(client) => splice(client, upstream, &log).await,
             Err(e) => debug!(error = %e, "client left before the tunnel opened"),
@@ -82,7 +82,7 @@ pub(crate) fn splice_upgrade(
     on_upstream: OnUpgrade,
     log: Arc<AccessLog>,
 ) {
-    spawn_until_stopped(shared, log.clone(), async move {
+    spawn_until_stopped(&shared.common, log.clone(), async move {
         match tokio::try_join!(on_client, on_upstream) {
             Ok((client, upstream)) => splice(client, TokioIo::new(upstream), &log).await,
             Err(e) => debug!(error = %e, "upgrade did not complete"),
@@ -93,12 +93,12 @@ pub(crate) fn splice_upgrade(
 /// Runs a tunnel as a tracked task that ends, marked aborted, when the
 /// shutdown grace period is over.
 fn spawn_until_stopped(
-    shared: &Arc<Shared>,
+    common: &Common,
     log: Arc<AccessLog>,
     tunnel: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let stop = shared.hard_stop.clone();
-    shared.tasks.spawn(async move {
+    let stop = common.hard_stop.clone();
+    common.tasks.spawn(async move {
         tokio::select! {
             () = tunnel => {}
             () = stop.cancelled() => log.abort(),

@@ -18,6 +18,8 @@ use crate::cli::LogFormat;
 pub struct Config {
     /// Where ferryman keeps its state; created if missing.
     pub data_dir: PathBuf,
+    /// Worker threads, each with its own event loop; 0 means one per core.
+    pub workers: usize,
     /// On SIGINT/SIGTERM, how long in-flight exchanges and tunnels may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -44,6 +46,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("ferryman-data"),
+            workers: 0,
             shutdown_grace: Duration::from_secs(10),
             proxy: ProxyConfig::default(),
             upstream: UpstreamConfig::default(),

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            logging::init(config.log.format);
+            let _flush_on_exit = logging::init(config.log.format);
             match run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -45,21 +45,33 @@ fn main() -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn run(config: Config) -> Result<(), String> {
+fn run(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let proxy = ferryman_proxy::ForwardProxy::bind(config.proxy.clone(), config.upstream.clone())
-        .await
         .map_err(|e| {
-            format!(
-                "cannot listen on {} (proxy.listen): {e}",
-                config.proxy.listen
-            )
-        })?;
+        format!(
+            "cannot listen on {} (proxy.listen): {e}",
+            config.proxy.listen
+        )
+    })?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    proxy.run(shutdown, config.shutdown_grace).await;
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the signal handler: {e}"))?;
+    let token = shutdown.clone();
+    std::thread::Builder::new()
+        .name("ferryman-signals".into())
+        .spawn(move || signals.block_on(stop_on_signal(token)))
+        .map_err(|e| format!("cannot start the signal handler: {e}"))?;
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    proxy
+        .run_threaded(workers, shutdown, config.shutdown_grace)
+        .map_err(|e| format!("forward proxy failed: {e}"))?;
     tracing::info!("stopped");
     Ok(())
 }

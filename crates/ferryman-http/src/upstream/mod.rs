@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -74,15 +75,16 @@ impl UpstreamClient {
         connect::connect_tcp(host, port, deadline, &self.own_addrs).await
     }
 
-    /// Sends an origin-form request to `host:port`. Upgrade requests get a
-    /// connection of their own that never returns to the pool.
+    /// Sends an origin-form request to `authority` (port 80 unless it says
+    /// otherwise). Upgrade requests get a connection of their own that never
+    /// returns to the pool.
     pub async fn send(
         &self,
-        host: &str,
-        port: u16,
+        authority: &Authority,
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let key = PoolKey::new(host, port);
+        let (host, port) = (authority.host(), authority.port_u16().unwrap_or(80));
+        let key = PoolKey::new(authority, port);
         let upgrade = headers::wants_upgrade(req.headers());
         // Replayable: nothing to resend but the head, and resending is harmless.
         let replay = (headers::is_idempotent(req.method()) && req.body().is_end_stream())

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
+use http::uri::Authority;
 use hyper::client::conn::http1::SendRequest;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
@@ -13,17 +14,18 @@ use super::sent::SentBody;
 
 pub(crate) type Sender = SendRequest<SentBody>;
 
-/// The destination a pooled connection is good for.
+/// The destination a pooled connection is good for. `Authority` compares
+/// and hashes case-insensitively and clones without allocating.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PoolKey {
-    host: String,
+    authority: Authority,
     port: u16,
 }
 
 impl PoolKey {
-    pub(crate) fn new(host: &str, port: u16) -> Self {
+    pub(crate) fn new(authority: &Authority, port: u16) -> Self {
         Self {
-            host: host.to_ascii_lowercase(),
+            authority: authority.clone(),
             port,
         }
     }
@@ -119,12 +121,11 @@ impl Pool {
             self.put(key, sender);
             return;
         }
+        // hyper marks the connection ready a moment after the body ends, on
+        // its own task; this wait lasts no longer than the connection.
         let pool = self.clone();
         tokio::spawn(async move {
-            // Bounded: a connection still sending its request body after the
-            // response ended is not worth waiting for.
-            let ready = tokio::time::timeout(Duration::from_secs(5), sender.ready()).await;
-            if let Ok(Ok(())) = ready {
+            if sender.ready().await.is_ok() {
                 pool.put(key, sender);
             }
         });
@@ -228,7 +229,7 @@ mod tests {
     #[tokio::test]
     async fn cap_makes_checkout_wait_for_a_freed_slot() {
         let pool = Pool::new(1, 4, Duration::from_secs(60));
-        let key = PoolKey::new("Example", 80);
+        let key = PoolKey::new(&Authority::from_static("Example"), 80);
         let soon = Instant::now() + Duration::from_millis(50);
         let Some(Checkout::Open(first)) = pool.checkout(&key, true, soon).await else {
             panic!("first checkout opens");
@@ -248,6 +249,7 @@ mod tests {
         };
         drop(first);
         assert!(waiter.await.unwrap(), "a freed slot wakes the waiter");
-        assert_eq!(pool.idle_count(&PoolKey::new("example", 80)), 0);
+        let same = PoolKey::new(&Authority::from_static("example"), 80);
+        assert_eq!(pool.idle_count(&same), 0);
     }
 }

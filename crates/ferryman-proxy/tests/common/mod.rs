@@ -25,7 +25,6 @@ pub async fn proxy_with_grace(
     let mut upstream = UpstreamConfig::default();
     tweak(&mut proxy, &mut upstream);
     ForwardProxy::bind(proxy, upstream)
-        .await
         .expect("bind proxy")
         .start(grace)
 }

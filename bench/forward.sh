@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Forward-proxy benchmark: nginx as the origin, ferryman in front, wrk/curl as
+# clients, all on loopback. Prints ferryman's figures as ratios to the direct
+# path measured in the same run. Needs: nginx, wrk, curl, python3.
+#   bench/forward.sh [seconds per wrk run, default 10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+CONNS=32
+IDLE_CONNS=10000
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+cargo build --release -q -p ferryman
+bin=target/release/ferryman
+
+# --- origin: nginx serving a 1 KiB and a 1 GiB file -------------------------
+mkdir -p "$work/www"
+head -c 1024 /dev/urandom > "$work/www/1k"
+truncate -s 1G "$work/www/1g"
+nginx_port=$(free_port)
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  keepalive_requests 1000000;
+  client_body_temp_path $work;
+  proxy_temp_path $work;
+  fastcgi_temp_path $work;
+  uwsgi_temp_path $work;
+  scgi_temp_path $work;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    root $work/www;
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf"
+
+start_ferryman() {
+  ferry_port=$(free_port)
+  "$bin" --proxy-listen "127.0.0.1:$ferry_port" --data-dir "$work/data" \
+    --set upstream.max_idle_per_host=256 "$@" 2>"$work/ferryman.log" &
+  ferry_pid=$!
+  pids+=("$ferry_pid")
+  for _ in $(seq 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$ferry_port/" && return
+    sleep 0.05
+  done
+  echo "ferryman did not start"; cat "$work/ferryman.log"; exit 1
+}
+stop_ferryman() { kill "$ferry_pid"; wait "$ferry_pid" 2>/dev/null || true; }
+
+origin="http://127.0.0.1:$nginx_port"
+cat > "$work/absolute.lua" <<LUA
+-- wrk speaks no proxy protocol: send absolute-form requests to the proxy port.
+request = function() return wrk.format("GET", "$origin/1k") end
+LUA
+
+# wrk prints "Requests/sec: N" and, with --latency, a "99%" percentile line.
+rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
+p99() { awk '$1 == "99%" {print $2}' "$1"; }
+to_ms() { python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',v); f={'us':0.001,'ms':1,'s':1000}[m.group(2)]; print(float(m.group(1))*f)" "$1"; }
+
+start_ferryman
+echo "== 1 KiB GET, keep-alive, $CONNS connections, ${DURATION}s each (wrk -t2)"
+wrk -t2 -c$CONNS -d"${DURATION}s" --latency "$origin/1k" > "$work/direct.txt"
+wrk -t2 -c$CONNS -d"${DURATION}s" --latency -s "$work/absolute.lua" "http://127.0.0.1:$ferry_port/" > "$work/proxy.txt"
+direct_rps=$(rps "$work/direct.txt"); proxy_rps=$(rps "$work/proxy.txt")
+direct_p99=$(to_ms "$(p99 "$work/direct.txt")"); proxy_p99=$(to_ms "$(p99 "$work/proxy.txt")")
+non2xx=$(grep -c "Non-2xx" "$work/proxy.txt" || true)
+python3 - "$direct_rps" "$proxy_rps" "$direct_p99" "$proxy_p99" "$non2xx" <<'PY'
+import sys
+d, p, dl, pl, bad = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+print(f"direct  {d:10.0f} req/s   p99 {dl:7.2f} ms")
+print(f"proxied {p:10.0f} req/s   p99 {pl:7.2f} ms   (non-2xx lines: {bad})")
+print(f"RATIO requests/s proxied/direct = {p/d:.2f}   (target >= 0.70)")
+print(f"p99 latency added = {pl-dl:.2f} ms")
+PY
+
+echo "== CONNECT tunnel, 1 GiB download (best of 3, curl)"
+best() { sort -n | tail -1; }
+direct_bps=$(for _ in 1 2 3; do curl -s -o /dev/null -w '%{speed_download}\n' "$origin/1g"; done | best)
+tunnel_bps=$(for _ in 1 2 3; do curl -s -p -x "http://127.0.0.1:$ferry_port" -o /dev/null -w '%{speed_download}\n' "$origin/1g"; done | best)
+python3 - "$direct_bps" "$tunnel_bps" <<'PY'
+import sys
+d, t = float(sys.argv[1]), float(sys.argv[2])
+print(f"direct {d/2**20:8.0f} MiB/s   tunnel {t/2**20:8.0f} MiB/s")
+print(f"RATIO tunnel/direct throughput = {t/d:.2f}   (target >= 0.85)")
+PY
+stop_ferryman
+
+echo "== memory: $IDLE_CONNS idle keep-alive client connections"
+start_ferryman
+python3 bench/idle_conns.py "$ferry_pid" "127.0.0.1:$ferry_port" "$origin/1k" "$IDLE_CONNS"
+stop_ferryman
