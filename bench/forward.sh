@@ -13,7 +13,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  for pidfile in "$work"/nginx*.pid; do
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -50,6 +52,30 @@ http {
 NGINX
 nginx -c "$work/nginx.conf"
 
+# Calibration: nginx itself as a keep-alive reverse proxy in front of the origin.
+nginx_proxy_port=$(free_port)
+cat > "$work/nginx-proxy.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work;
+  proxy_temp_path $work;
+  fastcgi_temp_path $work;
+  uwsgi_temp_path $work;
+  scgi_temp_path $work;
+  upstream origin { server 127.0.0.1:$nginx_port; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_proxy_port;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+nginx -c "$work/nginx-proxy.conf"
+
 start_ferryman() {
   ferry_port=$(free_port)
   "$bin" --proxy-listen "127.0.0.1:$ferry_port" --data-dir "$work/data" \
@@ -75,26 +101,39 @@ rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
 p99() { awk '$1 == "99%" {print $2}' "$1"; }
 to_ms() { python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',v); f={'us':0.001,'ms':1,'s':1000}[m.group(2)]; print(float(m.group(1))*f)" "$1"; }
 
-start_ferryman
 echo "== 1 KiB GET, keep-alive, $CONNS connections, ${DURATION}s each (wrk -t2)"
 wrk -t2 -c$CONNS -d"${DURATION}s" --latency "$origin/1k" > "$work/direct.txt"
+wrk -t2 -c$CONNS -d"${DURATION}s" --latency "http://127.0.0.1:$nginx_proxy_port/1k" > "$work/nginx-proxy.txt"
+RUST_LOG=warn start_ferryman
+wrk -t2 -c$CONNS -d"${DURATION}s" --latency -s "$work/absolute.lua" "http://127.0.0.1:$ferry_port/" > "$work/quiet.txt"
+stop_ferryman
+start_ferryman
 wrk -t2 -c$CONNS -d"${DURATION}s" --latency -s "$work/absolute.lua" "http://127.0.0.1:$ferry_port/" > "$work/proxy.txt"
-direct_rps=$(rps "$work/direct.txt"); proxy_rps=$(rps "$work/proxy.txt")
-direct_p99=$(to_ms "$(p99 "$work/direct.txt")"); proxy_p99=$(to_ms "$(p99 "$work/proxy.txt")")
-non2xx=$(grep -c "Non-2xx" "$work/proxy.txt" || true)
-python3 - "$direct_rps" "$proxy_rps" "$direct_p99" "$proxy_p99" "$non2xx" <<'PY'
+non2xx=$(cat "$work/proxy.txt" "$work/quiet.txt" | grep -c "Non-2xx" || true)
+python3 - "$non2xx" "$(rps "$work/direct.txt")" "$(to_ms "$(p99 "$work/direct.txt")")" \
+  "$(rps "$work/proxy.txt")" "$(to_ms "$(p99 "$work/proxy.txt")")" \
+  "$(rps "$work/quiet.txt")" "$(to_ms "$(p99 "$work/quiet.txt")")" \
+  "$(rps "$work/nginx-proxy.txt")" "$(to_ms "$(p99 "$work/nginx-proxy.txt")")" <<'PY'
 import sys
-d, p, dl, pl, bad = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-print(f"direct  {d:10.0f} req/s   p99 {dl:7.2f} ms")
-print(f"proxied {p:10.0f} req/s   p99 {pl:7.2f} ms   (non-2xx lines: {bad})")
-print(f"RATIO requests/s proxied/direct = {p/d:.2f}   (target >= 0.70)")
+bad = sys.argv[1]
+d, dl, p, pl, q, ql, n, nl = map(float, sys.argv[2:])
+print(f"direct                      {d:8.0f} req/s  p99 {dl:6.2f} ms")
+print(f"ferryman (access log on)    {p:8.0f} req/s  p99 {pl:6.2f} ms  ratio {p/d:.2f}")
+print(f"ferryman (access log off)   {q:8.0f} req/s  p99 {ql:6.2f} ms  ratio {q/d:.2f}")
+print(f"nginx as reverse proxy      {n:8.0f} req/s  p99 {nl:6.2f} ms  ratio {n/d:.2f}  (calibration)")
+print(f"RATIO requests/s ferryman/direct = {p/d:.2f}   (target >= 0.70; non-2xx lines: {bad})")
 print(f"p99 latency added = {pl-dl:.2f} ms")
 PY
 
-echo "== CONNECT tunnel, 1 GiB download (best of 3, curl)"
-best() { sort -n | tail -1; }
-direct_bps=$(for _ in 1 2 3; do curl -s -o /dev/null -w '%{speed_download}\n' "$origin/1g"; done | best)
-tunnel_bps=$(for _ in 1 2 3; do curl -s -p -x "http://127.0.0.1:$ferry_port" -o /dev/null -w '%{speed_download}\n' "$origin/1g"; done | best)
+start_ferryman
+echo "== CONNECT tunnel, 1 GiB download (curl; best of 5, direct and tunnel runs interleaved)"
+: > "$work/direct.bps"; : > "$work/tunnel.bps"
+for _ in 1 2 3 4 5; do
+  curl -s -o /dev/null -w '%{speed_download}\n' "$origin/1g" >> "$work/direct.bps"
+  curl -s -p -x "http://127.0.0.1:$ferry_port" -o /dev/null -w '%{speed_download}\n' "$origin/1g" >> "$work/tunnel.bps"
+done
+direct_bps=$(sort -n "$work/direct.bps" | tail -1)
+tunnel_bps=$(sort -n "$work/tunnel.bps" | tail -1)
 python3 - "$direct_bps" "$tunnel_bps" <<'PY'
 import sys
 d, t = float(sys.argv[1]), float(sys.argv[2])

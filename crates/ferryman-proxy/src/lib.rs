@@ -8,6 +8,8 @@ mod guard;
 mod handler;
 mod local;
 mod server;
+#[cfg(target_os = "linux")]
+mod splice;
 mod tunnel;
 
 pub use config::ProxyConfig;

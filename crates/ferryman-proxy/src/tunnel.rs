@@ -53,7 +53,7 @@ pub(crate) async fn connect(
     let log = log.clone();
     spawn_until_stopped(&shared.common, log.clone(), async move {
         match on_client.await {
-            Ok(client) => splice(client, upstream, &log).await,
+            Ok(client) => relay_to_socket(client, upstream, &log).await,
             Err(e) => debug!(error = %e, "client left before the tunnel opened"),
         }
     });
@@ -84,7 +84,10 @@ pub(crate) fn splice_upgrade(
 ) {
     spawn_until_stopped(&shared.common, log.clone(), async move {
         match tokio::try_join!(on_client, on_upstream) {
-            Ok((client, upstream)) => splice(client, TokioIo::new(upstream), &log).await,
+            Ok((client, upstream)) => {
+                let copied = pump(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
+                record(copied, &log);
+            }
             Err(e) => debug!(error = %e, "upgrade did not complete"),
         }
     });
@@ -106,18 +109,40 @@ fn spawn_until_stopped(
     });
 }
 
-/// Copies both ways with half-close until both directions are done.
-async fn splice<U>(client: Upgraded, mut upstream: U, log: &AccessLog)
-where
-    U: AsyncRead + AsyncWrite + Unpin,
-{
+/// A CONNECT tunnel: when the client connection is a plain socket, bytes
+/// move socket to socket inside the kernel (Linux), else through a copy loop.
+async fn relay_to_socket(client: Upgraded, mut upstream: TcpStream, log: &AccessLog) {
     let result = match client.downcast::<ClientIo>() {
         Ok(parts) => {
-            let mut socket = parts.io.into_inner().into_inner();
-            pump(&mut socket, &mut upstream, &parts.read_buf).await
+            let socket = parts.io.into_inner().into_inner();
+            // Bytes the client sent right behind its request head belong to the tunnel.
+            let early = parts.read_buf.len() as u64;
+            match upstream.write_all(&parts.read_buf).await {
+                Ok(()) => relay_sockets(socket, upstream)
+                    .await
+                    .map(|(up, down)| (up + early, down)),
+                Err(e) => Err(e),
+            }
         }
-        Err(client) => pump(&mut TokioIo::new(client), &mut upstream, &[]).await,
+        Err(client) => pump(&mut TokioIo::new(client), &mut upstream).await,
     };
+    record(result, log);
+}
+
+#[cfg(target_os = "linux")]
+async fn relay_sockets(client: TcpStream, upstream: TcpStream) -> std::io::Result<(u64, u64)> {
+    crate::splice::relay(&client, &upstream).await
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn relay_sockets(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+) -> std::io::Result<(u64, u64)> {
+    pump(&mut client, &mut upstream).await
+}
+
+fn record(result: std::io::Result<(u64, u64)>, log: &AccessLog) {
     match result {
         Ok((up, down)) => log.tunnelled(up, down),
         Err(e) => {
@@ -127,17 +152,11 @@ where
     }
 }
 
-async fn pump<C, U>(client: &mut C, upstream: &mut U, early: &[u8]) -> std::io::Result<(u64, u64)>
+/// Copies both ways with half-close until both directions are done.
+async fn pump<C, U>(client: &mut C, upstream: &mut U) -> std::io::Result<(u64, u64)>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    // Bytes the client sent right behind its request head belong to the tunnel.
-    if !early.is_empty() {
-        upstream.write_all(early).await?;
-    }
-    let (up, down) =
-        tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUFFER, TUNNEL_BUFFER)
-            .await?;
-    Ok((up + early.len() as u64, down))
+    tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUFFER, TUNNEL_BUFFER).await
 }

@@ -204,3 +204,35 @@ async fn no_byte_is_tunnelled_when_the_upstream_refuses_the_upgrade() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_carries_20_mib_each_way_intact() {
+    const SIZE: usize = 20 * 1024 * 1024;
+    // Echoes everything back, then closes when the client half-closes.
+    let backend = RawBackend::start(|conn, _| async move {
+        let (mut read, mut write) = conn.stream.into_split();
+        let _ = tokio::io::copy(&mut read, &mut write).await;
+        let _ = write.shutdown().await;
+    })
+    .await;
+    let proxy = proxy().await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", backend.addr).as_bytes())
+        .await;
+    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    let (mut read, mut write) = raw.stream.into_split();
+    let payload = ferryman_testkit::pattern(SIZE);
+    let sent = payload.clone();
+    let writer = tokio::spawn(async move {
+        write.write_all(&sent).await.unwrap();
+        write.shutdown().await.unwrap();
+    });
+    let mut echoed = Vec::with_capacity(SIZE);
+    within(LIMIT, "the echo", read.read_to_end(&mut echoed))
+        .await
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(echoed.len(), SIZE);
+    assert!(echoed == payload, "bytes changed in the tunnel");
+    proxy.shutdown().await;
+}

@@ -1,28 +1,151 @@
-use std::io::IsTerminal;
+//! Logs to stderr without ever making a request wait or wake a thread.
+//!
+//! A log line is appended to an in-memory batch under a short lock; a flusher
+//! thread writes the batch out every few milliseconds. The forwarding path
+//! never does I/O for logging, and never wakes the flusher (one futex wake
+//! per line measurably slowed proxying). If stderr cannot keep up and the
+//! batch reaches its bound, lines are dropped and the next flush says how
+//! many.
 
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
-/// Logs go to stderr through a background thread that batches writes, so
-/// the access log never makes the forwarding path wait for the terminal or
-/// a pipe. When it falls behind, lines are dropped rather than traffic
-/// slowed. `RUST_LOG` wins over the default of `info`. Keep the guard until
-/// exit: dropping it flushes what is queued.
-pub fn init(format: LogFormat) -> WorkerGuard {
+/// How often the batch is written out; also the most a line waits.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// The most the batch holds before lines are dropped.
+const MAX_BATCH: usize = 8 << 20;
+
+#[derive(Default)]
+struct Batch {
+    bytes: Mutex<Vec<u8>>,
+    dropped: AtomicU64,
+}
+
+impl Batch {
+    fn push(&self, line: &[u8]) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        if bytes.len() + line.len() > MAX_BATCH {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            bytes.extend_from_slice(line);
+        }
+    }
+
+    /// Writes out what is queued; the lock is held only to swap buffers.
+    fn flush(&self, spare: &mut Vec<u8>) {
+        {
+            let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::swap(&mut *bytes, spare);
+        }
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        let mut stderr = std::io::stderr().lock();
+        // Nowhere to report a failing stderr; the lines are lost either way.
+        let _ = stderr.write_all(spare);
+        if dropped > 0 {
+            let _ = writeln!(
+                stderr,
+                "ferryman: {dropped} log lines dropped, stderr was too slow"
+            );
+        }
+        let _ = stderr.flush();
+        spare.clear();
+    }
+}
+
+/// Hands each formatted event to the batch in one piece.
+#[derive(Clone)]
+struct BatchWriter(Arc<Batch>);
+
+/// One event's bytes; formatting writes in pieces, the batch gets the whole line.
+struct Line {
+    batch: Arc<Batch>,
+    bytes: Vec<u8>,
+}
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        self.batch.push(&self.bytes);
+    }
+}
+
+impl<'a> MakeWriter<'a> for BatchWriter {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line {
+            batch: self.0.clone(),
+            bytes: Vec::with_capacity(256),
+        }
+    }
+}
+
+/// Flushes what is queued when dropped: keep it until the process exits.
+pub struct FlushOnDrop(Arc<Batch>);
+
+impl Drop for FlushOnDrop {
+    fn drop(&mut self) {
+        self.0.flush(&mut Vec::new());
+    }
+}
+
+/// `RUST_LOG` wins over the default of `info`.
+pub fn init(format: LogFormat) -> FlushOnDrop {
+    let batch = Arc::new(Batch::default());
+    let flusher = batch.clone();
+    let started = std::thread::Builder::new()
+        .name("ferryman-log".into())
+        .spawn(move || {
+            let mut spare = Vec::new();
+            loop {
+                std::thread::sleep(FLUSH_EVERY);
+                flusher.flush(&mut spare);
+            }
+        });
+    if let Err(e) = started {
+        eprintln!("ferryman: no log flusher thread ({e}); logs appear only at exit");
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(64 * 1024)
-        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
+        .with_writer(BatchWriter(batch.clone()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    guard
+    FlushOnDrop(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_batch_drops_and_counts_instead_of_growing() {
+        let batch = Batch::default();
+        let line = vec![b'x'; 1 << 20];
+        for _ in 0..10 {
+            batch.push(&line);
+        }
+        assert_eq!(batch.bytes.lock().unwrap().len(), 8 << 20);
+        assert_eq!(batch.dropped.load(Ordering::Relaxed), 2);
+    }
 }
