@@ -5,7 +5,7 @@ use http::{Method, Version};
 
 /// Fields that describe one hop and never cross the proxy, besides those the
 /// `Connection` header lists.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -20,25 +20,34 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// `Connection: upgrade` survive so the next hop sees the upgrade request
 /// (or the 101 answer).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(name);
+    // Most messages carry few of these: one pass over the names present,
+    // then remove only those, instead of a hashed removal per known name.
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut has_connection = false;
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            has_connection = true;
+        }
+        let hop = HOP_BY_HOP.contains(name) || (*name == header::UPGRADE && !upgrade);
+        if hop {
+            doomed.push(name.clone());
         }
     }
-    for name in HOP_BY_HOP {
+    if has_connection {
+        let listed = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| !(upgrade && *name == header::UPGRADE));
+        doomed.extend(listed);
+    }
+    for name in doomed {
         headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
