@@ -4,15 +4,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 
 /// Fields that describe one hop and never cross the proxy, besides those the
-/// `Connection` header lists.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// `Connection` header lists (RFC 9110 §7.6.1). `Trailer` is not among them:
+/// it is end to end, announcing the trailer fields that follow, and an
+/// HTTP/1 hop that does not see it must drop those trailers.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -24,6 +25,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     // then remove only those, instead of a hashed removal per known name.
     let mut doomed: Vec<HeaderName> = Vec::new();
     let mut has_connection = false;
+    let accepts_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("trailers"));
     for name in headers.keys() {
         if *name == header::CONNECTION {
             has_connection = true;
@@ -48,6 +55,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    // "TE: trailers" only says the sender takes trailers; ferryman relays
+    // them, so the next hop may be told the same (gRPC needs it).
+    if accepts_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -157,8 +169,7 @@ mod tests {
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
-            ("te", "trailers"),
-            ("trailer", "x-t"),
+            ("te", "gzip"),
             ("upgrade", "websocket"),
             ("accept-encoding", "gzip"),
             ("set-cookie", "a=1"),
@@ -169,6 +180,14 @@ mod tests {
         names.sort_unstable();
         assert_eq!(names, ["accept-encoding", "set-cookie"]);
         assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn te_trailers_survives_alone() {
+        let mut h = map(&[("connection", "TE"), ("te", "gzip, Trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get_all("te").iter().collect::<Vec<_>>(), ["trailers"]);
+        assert!(!h.contains_key("connection"));
     }
 
     #[test]

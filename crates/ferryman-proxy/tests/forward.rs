@@ -58,7 +58,7 @@ async fn hop_by_hop_fields_are_removed_both_ways_and_end_to_end_ones_kept() {
     raw.send(
         format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: keep-alive, X-Foo\r\nX-Foo: 1\r\n\
-             Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+             Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip, deflate\r\n\
              Accept-Encoding: gzip, br\r\nX-Keep: yes\r\n\r\n",
             backend.url("/h"),
             backend.addr

@@ -93,6 +93,51 @@ async fn server_sent_events_arrive_one_by_one() {
 }
 
 #[tokio::test]
+async fn trailers_are_relayed_to_a_client_that_accepts_them() {
+    let backend = Backend::start(|req| async move {
+        let (frames, body) = channel_body();
+        let accepts = req.headers().get("te").is_some_and(|v| v == "trailers");
+        tokio::spawn(async move {
+            let _ = frames.send(Ok(Bytes::from_static(b"payload"))).await;
+            drop(frames);
+        });
+        let trailers = {
+            let mut t = http::HeaderMap::new();
+            t.insert("grpc-status", http::HeaderValue::from_static("0"));
+            t
+        };
+        let body = http_body_util::BodyExt::boxed_unsync(
+            body.with_trailers(async move { Some(Ok(trailers)) }),
+        );
+        Response::builder()
+            .header("trailer", "grpc-status")
+            .header("x-upstream-saw-te-trailers", accepts.to_string())
+            .body(body)
+            .unwrap()
+    })
+    .await;
+    let proxy = proxy().await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(
+        format!(
+            "GET {} HTTP/1.1\r\nHost: b\r\nTE: trailers\r\n\r\n",
+            backend.url("/t")
+        )
+        .as_bytes(),
+    )
+    .await;
+    let head = raw.read_head().await.unwrap();
+    assert_eq!(head.header("x-upstream-saw-te-trailers"), Some("true"));
+    assert_eq!(
+        within(LIMIT, "body", raw.read_chunk()).await.unwrap(),
+        b"payload"
+    );
+    assert_eq!(within(LIMIT, "end", raw.read_chunk()).await, None);
+    assert_eq!(raw.trailers, ["grpc-status: 0"]);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_truncated_upstream_response_stays_truncated() {
     let backend = RawBackend::start(|mut conn, _| async move {
         let Some(head) = conn.read_request_head().await else {

@@ -11,6 +11,7 @@ impl From<TcpStream> for Raw {
         Raw {
             stream,
             buf: Vec::new(),
+            trailers: Vec::new(),
         }
     }
 }
@@ -42,6 +43,8 @@ impl Head {
 pub struct Raw {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// Trailer lines of the last chunked body read with `read_chunk`.
+    pub trailers: Vec<String>,
 }
 
 /// A parsed request head, for raw backends.
@@ -108,10 +111,12 @@ impl Raw {
         let line = self.read_line().await?;
         let size = usize::from_str_radix(line.split(';').next()?.trim(), 16).ok()?;
         if size == 0 {
+            self.trailers.clear();
             while let Some(line) = self.read_line().await {
                 if line.is_empty() {
                     break;
                 }
+                self.trailers.push(line);
             }
             return None;
         }
