@@ -29,11 +29,12 @@ bin=target/release/ferryman
 mkdir -p "$work/www"
 head -c 1024 /dev/urandom > "$work/www/1k"
 truncate -s 1G "$work/www/1g"
-nginx_port=$(free_port)
-cat > "$work/nginx.conf" <<NGINX
+# One nginx worker, no logs, temp files in the work dir; $1 names the instance.
+nginx_preamble() {
+  cat <<NGINX
 worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
+pid $work/$1.pid;
+error_log $work/$1-error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
@@ -44,29 +45,22 @@ http {
   fastcgi_temp_path $work;
   uwsgi_temp_path $work;
   scgi_temp_path $work;
+NGINX
+}
+nginx_port=$(free_port)
+{ nginx_preamble nginx; cat <<NGINX
   server {
     listen 127.0.0.1:$nginx_port;
     root $work/www;
   }
 }
 NGINX
+} > "$work/nginx.conf"
 nginx -c "$work/nginx.conf"
 
 # Calibration: nginx itself as a keep-alive reverse proxy in front of the origin.
 nginx_proxy_port=$(free_port)
-cat > "$work/nginx-proxy.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx-proxy.pid;
-error_log $work/nginx-proxy-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work;
-  proxy_temp_path $work;
-  fastcgi_temp_path $work;
-  uwsgi_temp_path $work;
-  scgi_temp_path $work;
+{ nginx_preamble nginx-proxy; cat <<NGINX
   upstream origin { server 127.0.0.1:$nginx_port; keepalive 64; }
   server {
     listen 127.0.0.1:$nginx_proxy_port;
@@ -74,6 +68,7 @@ http {
   }
 }
 NGINX
+} > "$work/nginx-proxy.conf"
 nginx -c "$work/nginx-proxy.conf"
 
 start_ferryman() {

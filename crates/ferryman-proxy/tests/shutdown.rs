@@ -3,30 +3,16 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{proxy_with_grace, LIMIT};
-use ferryman_testkit::backend::{full, Backend};
+use ferryman_testkit::backend::Backend;
 use ferryman_testkit::raw::Raw;
 use ferryman_testkit::{eventually, within};
-use http::Response;
-use tokio::sync::Semaphore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_flight_exchange_finishes_while_new_connections_are_refused() {
-    let release = Arc::new(Semaphore::new(0));
-    let backend = {
-        let release = release.clone();
-        Backend::start(move |_| {
-            let release = release.clone();
-            async move {
-                let _permit = release.acquire().await;
-                Response::new(full("finished"))
-            }
-        })
-        .await
-    };
+    let (backend, release) = Backend::held("finished").await;
     let proxy = proxy_with_grace(LIMIT, |_, _| {}).await;
     let addr = proxy.local_addr();
     let mut raw = Raw::connect(addr).await;

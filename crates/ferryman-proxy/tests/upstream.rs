@@ -12,7 +12,6 @@ use ferryman_testkit::backend::{full, Backend, RawBackend};
 use ferryman_testkit::raw::Raw;
 use ferryman_testkit::{eventually, within};
 use http::Response;
-use tokio::sync::Semaphore;
 
 async fn get(proxy: std::net::SocketAddr, method: &str, url: &str) -> (u16, Vec<u8>) {
     let mut raw = Raw::connect(proxy).await;
@@ -43,20 +42,7 @@ async fn sequential_requests_from_different_clients_share_one_upstream_connectio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_host_cap_bounds_open_connections() {
-    let release = Arc::new(Semaphore::new(0));
-    let backend = {
-        let release = release.clone();
-        Backend::start(move |_| {
-            let release = release.clone();
-            async move {
-                if let Ok(permit) = release.acquire().await {
-                    permit.forget();
-                }
-                Response::new(full("ok"))
-            }
-        })
-        .await
-    };
+    let (backend, release) = Backend::held("ok").await;
     let proxy = proxy_with(|_, u| u.max_connections_per_host = 2).await;
     let requests: Vec<_> = (0..5)
         .map(|_| {

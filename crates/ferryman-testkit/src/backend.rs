@@ -146,6 +146,24 @@ impl Backend {
         }
     }
 
+    /// A backend that holds every request until the test adds a permit to
+    /// the returned semaphore, then answers `body`.
+    pub async fn held(body: &'static str) -> (Backend, Arc<tokio::sync::Semaphore>) {
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate = release.clone();
+        let backend = Backend::start(move |_| {
+            let gate = gate.clone();
+            async move {
+                if let Ok(permit) = gate.acquire().await {
+                    permit.forget();
+                }
+                Response::new(full(body))
+            }
+        })
+        .await;
+        (backend, release)
+    }
+
     pub fn connections(&self) -> usize {
         self.seen.connections.load(Ordering::SeqCst)
     }

@@ -6,6 +6,18 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+fn owned(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 impl From<TcpStream> for Raw {
     fn from(stream: TcpStream) -> Raw {
         Raw {
@@ -78,24 +90,26 @@ impl Raw {
 
     /// The next request head (server side), or None if the peer closed first.
     pub async fn read_request_head(&mut self) -> Option<RequestHead> {
-        loop {
+        self.parse_next(|buf| {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut headers);
-            if let Ok(httparse::Status::Complete(len)) = req.parse(&self.buf) {
-                let head = RequestHead {
-                    method: req.method.unwrap_or("").to_string(),
-                    target: req.path.unwrap_or("").to_string(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_string(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                };
+            let httparse::Status::Complete(len) = req.parse(buf).ok()? else {
+                return None;
+            };
+            let head = RequestHead {
+                method: req.method.unwrap_or("").to_string(),
+                target: req.path.unwrap_or("").to_string(),
+                headers: owned(req.headers),
+            };
+            Some((head, len))
+        })
+        .await
+    }
+
+    /// Parses the next message head out of the buffer, reading as needed.
+    async fn parse_next<T>(&mut self, parse: impl Fn(&[u8]) -> Option<(T, usize)>) -> Option<T> {
+        loop {
+            if let Some((head, len)) = parse(&self.buf) {
                 self.buf.drain(..len);
                 return Some(head);
             }
@@ -142,31 +156,19 @@ impl Raw {
 
     /// The next response head, or None if the connection ended first.
     pub async fn read_head(&mut self) -> Option<Head> {
-        loop {
+        self.parse_next(|buf| {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut resp = httparse::Response::new(&mut headers);
-            if let httparse::Status::Complete(len) = resp.parse(&self.buf).expect("valid response")
-            {
-                let head = Head {
-                    status: resp.code.unwrap_or(0),
-                    headers: resp
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_string(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                };
-                self.buf.drain(..len);
-                return Some(head);
-            }
-            if !self.fill().await {
+            let httparse::Status::Complete(len) = resp.parse(buf).ok()? else {
                 return None;
-            }
-        }
+            };
+            let head = Head {
+                status: resp.code.unwrap_or(0),
+                headers: owned(resp.headers),
+            };
+            Some((head, len))
+        })
+        .await
     }
 
     /// Exactly `n` body bytes, or fewer if the connection ends first.

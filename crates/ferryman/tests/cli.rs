@@ -1,16 +1,14 @@
 //! The `ferryman` binary as a user runs it.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
-use ferryman_testkit::backend::{full, Backend};
+use ferryman_testkit::backend::Backend;
 use ferryman_testkit::raw::Raw;
 use ferryman_testkit::{eventually, within};
-use http::Response;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(20);
 const BIN: &str = env!("CARGO_BIN_EXE_ferryman");
@@ -121,18 +119,7 @@ fn message(record: &serde_json::Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_logs_json_access_lines_and_drains_on_sigterm() {
-    let release = Arc::new(Semaphore::new(0));
-    let backend = {
-        let release = release.clone();
-        Backend::start(move |_| {
-            let release = release.clone();
-            async move {
-                let _permit = release.acquire().await;
-                Response::new(full("slow answer"))
-            }
-        })
-        .await
-    };
+    let (backend, release) = Backend::held("slow answer").await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut child = Command::new(BIN)
