@@ -27,6 +27,29 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// ferryman's certificate authority, created on first use.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the path of the CA certificate (PEM).
+    Path,
+    /// Write the CA certificate to stdout or a file, for clients to trust.
+    Export {
+        #[arg(long, value_enum, default_value = "pem")]
+        format: CertFormat,
+        /// Write here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CertFormat {
+    Pem,
+    Der,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

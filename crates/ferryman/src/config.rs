@@ -25,7 +25,43 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub proxy: ProxyConfig,
     pub upstream: UpstreamConfig,
+    pub tls: TlsConfig,
     pub log: LogConfig,
+}
+
+/// The certificate authority used for interception.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// A CA certificate (PEM) to use instead of ferryman's own; needs `ca_key`.
+    pub ca_cert: Option<PathBuf>,
+    /// The private key (PEM) of `ca_cert`.
+    pub ca_key: Option<PathBuf>,
+    /// Minted leaf certificates kept in memory.
+    pub leaf_cache_size: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            ca_cert: None,
+            ca_key: None,
+            leaf_cache_size: 10_000,
+        }
+    }
+}
+
+impl TlsConfig {
+    fn validate(&self, errors: &mut Vec<Invalid>) {
+        match (&self.ca_cert, &self.ca_key) {
+            (Some(_), None) => errors.push(Invalid::new("tls.ca_cert", "needs tls.ca_key as well")),
+            (None, Some(_)) => errors.push(Invalid::new("tls.ca_key", "needs tls.ca_cert as well")),
+            _ => {}
+        }
+        if self.leaf_cache_size == 0 {
+            errors.push(Invalid::new("tls.leaf_cache_size", "must be at least 1"));
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +86,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             proxy: ProxyConfig::default(),
             upstream: UpstreamConfig::default(),
+            tls: TlsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -78,6 +115,18 @@ fn refuse(line: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// ferryman's certificate authority: the configured one, or its own in
+    /// the data directory, created on first use.
+    pub fn open_ca(&self) -> Result<ferryman_tls::CertificateAuthority, String> {
+        let configured = self.tls.ca_cert.as_deref().zip(self.tls.ca_key.as_deref());
+        ferryman_tls::CertificateAuthority::open(
+            &self.data_dir.join("ca"),
+            configured,
+            self.tls.leaf_cache_size,
+        )
+        .map_err(|e| format!("certificate authority: {e}"))
+    }
+
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
         let mut table = match file {
             Some(path) => {
@@ -105,6 +154,7 @@ impl Config {
         let mut invalid: Vec<Invalid> = Vec::new();
         self.proxy.validate(&mut invalid);
         self.upstream.validate(&mut invalid);
+        self.tls.validate(&mut invalid);
         if invalid.is_empty() {
             return Ok(());
         }
@@ -246,6 +296,15 @@ mod tests {
             &[]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_ca_certificate_needs_its_key() {
+        let e = load("[tls]\nca_cert = \"ca.pem\"\n", &[]).unwrap_err();
+        assert!(
+            e.contains("tls.ca_cert = \"ca.pem\": needs tls.ca_key"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{CaCommand, CertFormat, Cli, Command};
 use crate::config::Config;
 
 fn main() -> ExitCode {
@@ -22,6 +22,18 @@ fn main() -> ExitCode {
                     println!("{}: ok", file.display());
                     ExitCode::SUCCESS
                 }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Ca(ref command)) => {
+            let result = Config::load(cli.config.as_deref(), &cli.overrides.settings())
+                .map_err(|e| e.to_string())
+                .and_then(|config| ca(&config, command));
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::from(2)
@@ -48,9 +60,35 @@ fn main() -> ExitCode {
     }
 }
 
+fn ca(config: &Config, command: &CaCommand) -> Result<(), String> {
+    let ca = config.open_ca()?;
+    match command {
+        CaCommand::Path => {
+            let path = ca.cert_path();
+            let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+            println!("{}", shown.display());
+            Ok(())
+        }
+        CaCommand::Export { format, output } => {
+            let bytes = match format {
+                CertFormat::Pem => ca.cert_pem().as_bytes(),
+                CertFormat::Der => ca.cert_der(),
+            };
+            match output {
+                Some(path) => std::fs::write(path, bytes)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display())),
+                None => std::io::Write::write_all(&mut std::io::stdout(), bytes)
+                    .map_err(|e| format!("cannot write to stdout: {e}")),
+            }
+        }
+    }
+}
+
 fn run(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    let ca = config.open_ca()?;
+    tracing::info!(cert = %ca.cert_path().display(), "certificate authority");
     let proxy = ferryman_proxy::ForwardProxy::bind(config.proxy.clone(), config.upstream.clone())
         .map_err(|e| {
         format!(

@@ -191,3 +191,53 @@ async fn run_logs_json_access_lines_and_drains_on_sigterm() {
     let status = within(LIMIT, "exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn the_ca_is_created_once_and_exported_as_pem_or_der() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (code, out, err) = output(&["ca", "path", "--data-dir", data]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let path = std::path::PathBuf::from(out.trim());
+    let on_disk = std::fs::read_to_string(&path).unwrap();
+
+    let (code, pem, _) = output(&["ca", "export", "--data-dir", data]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(pem, on_disk, "the same CA, not a new one");
+
+    let der_path = dir.path().join("ca.der");
+    let (code, _, err) = output(&[
+        "ca",
+        "export",
+        "--format",
+        "der",
+        "-o",
+        der_path.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    assert_eq!(std::fs::read(&der_path).unwrap(), decoded);
+
+    let (code, _, err) = output(&[
+        "ca",
+        "path",
+        "--data-dir",
+        data,
+        "--set",
+        "tls.ca_key=/nonexistent.key",
+    ])
+    .await;
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("tls.ca_key") && err.contains("tls.ca_cert"),
+        "{err}"
+    );
+}
