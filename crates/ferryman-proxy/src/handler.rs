@@ -3,13 +3,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferryman_http::body::{self, Direction, GatedBody, Observed};
+use ferryman_http::body::{self, Direction, Gate, GatedBody, Observed};
 use ferryman_http::headers::{append_forwarded_for, strip_hop_by_hop, wants_upgrade, Via};
+use ferryman_http::upstream::UpstreamBody;
 use ferryman_http::{ProxyBody, UpstreamClient};
 use http::header::{HeaderValue, EXPECT, HOST};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -86,27 +88,50 @@ impl Handler {
         mut req: Request<Incoming>,
         log: &Arc<AccessLog>,
     ) -> Response<ProxyBody> {
-        let uri = req.uri().clone();
-        if uri.scheme() != Some(&Scheme::HTTP) {
+        if req.uri().scheme() != Some(&Scheme::HTTP) {
             return local::text(
                 StatusCode::BAD_REQUEST,
                 "only http:// URLs are proxied in absolute form; use CONNECT for https",
             );
         }
-        let Some(authority) = uri.authority() else {
+        let Some(authority) = req.uri().authority().cloned() else {
             return local::text(StatusCode::BAD_REQUEST, "request target has no host");
         };
-        let authority = authority.clone();
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (upstream_req, gate) = self.upstream_request(req, &authority, upgrade, log);
+        let result = self.shared.upstream.send(&authority, upstream_req).await;
+        if let Some(gate) = gate {
+            gate.close();
+        }
+        match result {
+            Ok(response) => self.downstream_response(response, client_upgrade, log),
+            Err(e) => {
+                debug!(error = %e, %authority, "upstream failed");
+                local::text(e.status(), e)
+            }
+        }
+    }
 
+    /// The request as the upstream gets it: origin form, this hop's fields
+    /// rewritten, the body observed and, with `Expect: 100-continue`, held
+    /// until the returned gate opens.
+    fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        authority: &Authority,
+        upgrade: bool,
+        log: &Arc<AccessLog>,
+    ) -> (Request<ProxyBody>, Option<Gate>) {
         let (mut parts, incoming) = req.into_parts();
         let expects_continue = parts
             .headers
             .get(EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+        // The authority without any "user:password@", which must not leak.
+        let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+        if let Ok(value) = HeaderValue::from_str(host) {
             parts.headers.insert(HOST, value);
         }
         let common = &self.shared.common;
@@ -114,39 +139,33 @@ impl Handler {
         if common.x_forwarded_for {
             append_forwarded_for(&mut parts.headers, self.client.ip());
         }
-        parts.uri = origin_form(&uri);
+        parts.uri = origin_form(&parts.uri);
         parts.version = Version::HTTP_11;
 
         let observed = Observed::new(incoming, log.clone(), Direction::Up);
-        let mut gate = None;
-        let outgoing = if expects_continue {
-            let wait = self.shared.upstream.config().expect_continue_timeout;
-            let (gated, g) = GatedBody::new(observed, wait);
-            gate = Some(g);
-            body::boxed(gated)
-        } else {
-            body::boxed(observed)
-        };
-        let mut upstream_req = Request::from_parts(parts, outgoing);
-        if let Some(gate) = gate.clone() {
-            hyper::ext::on_informational(&mut upstream_req, move |informational| {
-                if informational.status() == StatusCode::CONTINUE {
-                    gate.open();
-                }
-            });
+        if !expects_continue {
+            return (Request::from_parts(parts, body::boxed(observed)), None);
         }
-
-        let result = self.shared.upstream.send(&authority, upstream_req).await;
-        if let Some(gate) = gate {
-            gate.close();
-        }
-        let mut response = match result {
-            Ok(response) => response,
-            Err(e) => {
-                debug!(error = %e, %authority, "upstream failed");
-                return local::text(e.status(), e);
+        let wait = self.shared.upstream.config().expect_continue_timeout;
+        let (gated, gate) = GatedBody::new(observed, wait);
+        let mut req = Request::from_parts(parts, body::boxed(gated));
+        let opener = gate.clone();
+        hyper::ext::on_informational(&mut req, move |informational| {
+            if informational.status() == StatusCode::CONTINUE {
+                opener.open();
             }
-        };
+        });
+        (req, Some(gate))
+    }
+
+    /// The upstream's answer as the client gets it; a 101 also joins the
+    /// two connections into a tunnel.
+    fn downstream_response(
+        &self,
+        mut response: Response<UpstreamBody>,
+        client_upgrade: Option<OnUpgrade>,
+        log: &Arc<AccessLog>,
+    ) -> Response<ProxyBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             let Some(on_client) = client_upgrade else {
@@ -161,7 +180,10 @@ impl Handler {
         }
         strip_hop_by_hop(response.headers_mut(), switching);
         let version = response.version();
-        common.via.append(response.headers_mut(), version);
+        self.shared
+            .common
+            .via
+            .append(response.headers_mut(), version);
         response.map(body::boxed)
     }
 }

@@ -25,7 +25,7 @@ use crate::ProxyConfig;
 pub struct ForwardProxy {
     listener: std::net::TcpListener,
     common: Arc<Common>,
-    config: ProxyConfig,
+    config: Arc<ProxyConfig>,
     upstream: UpstreamConfig,
 }
 
@@ -52,7 +52,7 @@ impl ForwardProxy {
         Ok(Self {
             listener,
             common,
-            config,
+            config: Arc::new(config),
             upstream,
         })
     }
@@ -181,7 +181,7 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
-    config: ProxyConfig,
+    config: Arc<ProxyConfig>,
     shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);

@@ -290,6 +290,22 @@ async fn proxy_authentication() {
 }
 
 #[tokio::test]
+async fn credentials_in_the_url_never_reach_the_host_header() {
+    let (backend, mut seen) = recording_backend().await;
+    let proxy = proxy().await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    let url = format!("http://user:secret@{}/private", backend.addr);
+    raw.send(format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    let (head, body) = raw.read_response(false).await;
+    assert_eq!((head.status, body.unwrap()), (200, b"/private".to_vec()));
+    let up = seen.recv().await.unwrap();
+    assert_eq!(up["host"], backend.addr.to_string());
+    assert!(!format!("{up:?}").contains("secret"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn x_forwarded_for_when_configured() {
     let (backend, mut seen) = recording_backend().await;
     let proxy = proxy_with(|p, _| p.x_forwarded_for = true).await;
