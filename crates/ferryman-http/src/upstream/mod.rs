@@ -86,10 +86,12 @@ impl UpstreamClient {
         let (host, port) = (authority.host(), authority.port_u16().unwrap_or(80));
         let key = PoolKey::new(authority, port);
         let upgrade = headers::wants_upgrade(req.headers());
-        // Replayable: nothing to resend but the head, and resending is harmless.
-        let replay = (headers::is_idempotent(req.method()) && req.body().is_end_stream())
-            .then(|| head_only(&req));
         let mut lease = self.lease(&key, host, port, !upgrade).await?;
+        // Replayable: nothing to resend but the head, resending is harmless,
+        // and only a reused connection can have been closed under us.
+        let replay =
+            (lease.reused && headers::is_idempotent(req.method()) && req.body().is_end_stream())
+                .then(|| head_only(&req));
         let mut attempt = self
             .exchange(&mut lease.sender, req.map(SentBody::new))
             .await;
