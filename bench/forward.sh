@@ -138,6 +138,6 @@ PY
 stop_ferryman
 
 echo "== memory: $IDLE_CONNS idle keep-alive client connections"
-start_ferryman
+start_ferryman --set proxy.max_connections=$((IDLE_CONNS + 1000))
 python3 bench/idle_conns.py "$ferry_pid" "127.0.0.1:$ferry_port" "$origin/1k" "$IDLE_CONNS"
 stop_ferryman

@@ -24,6 +24,9 @@ pub struct ProxyConfig {
     pub client_idle_timeout: Duration,
     /// Append the client address to `X-Forwarded-For`.
     pub x_forwarded_for: bool,
+    /// Client connections served at once; more wait in the kernel's accept
+    /// queue. 0: half the open-file limit, as each may need an upstream socket.
+    pub max_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -36,11 +39,28 @@ impl Default for ProxyConfig {
             max_headers: 100,
             client_idle_timeout: Duration::from_secs(60),
             x_forwarded_for: false,
+            max_connections: 0,
         }
     }
 }
 
 impl ProxyConfig {
+    /// `max_connections`, with 0 resolved against the open-file limit.
+    pub fn connection_limit(&self) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills the struct it is given.
+        let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+        let files = if known { limit.rlim_cur as usize } else { 1024 };
+        // Room for the listener, logs and the like, then one upstream per client.
+        (files.saturating_sub(64) / 2).max(1)
+    }
+
     pub fn validate(&self, errors: &mut Vec<Invalid>) {
         if !self.listen.ip().is_loopback() && self.auth.is_empty() && !self.allow_open_proxy {
             errors.push(Invalid::new(

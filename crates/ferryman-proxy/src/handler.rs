@@ -12,6 +12,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -31,6 +32,8 @@ pub(crate) struct Common {
     pub(crate) tasks: TaskTracker,
     /// Cancelled when the shutdown grace period is over.
     pub(crate) hard_stop: CancellationToken,
+    /// One permit per client connection being served.
+    pub(crate) connections: Arc<Semaphore>,
 }
 
 /// One worker thread's view: the common part plus its own upstream pool, so

@@ -11,6 +11,7 @@ use ferryman_http::{UpstreamClient, UpstreamConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,6 +49,7 @@ impl ForwardProxy {
             listen,
             tasks: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
+            connections: Arc::new(Semaphore::new(config.connection_limit())),
         });
         Ok(Self {
             listener,
@@ -129,7 +131,30 @@ impl ForwardProxy {
             common: self.common.clone(),
         });
         let tasks = &self.common.tasks;
+        let mut saturated = false;
         loop {
+            // At the connection limit, stop accepting: new clients wait in
+            // the kernel's queue instead of exhausting file descriptors.
+            let permit = match self.common.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    saturated = false;
+                    permit
+                }
+                Err(_) => {
+                    if !saturated {
+                        saturated = true;
+                        let limit = self.config.connection_limit();
+                        warn!(limit, "connection limit reached; new clients wait");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        permit = self.common.connections.clone().acquire_owned() => match permit {
+                            Ok(permit) => permit,
+                            Err(_) => break,
+                        },
+                    }
+                }
+            };
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted,
@@ -139,7 +164,10 @@ impl ForwardProxy {
                     let shared = shared.clone();
                     let config = self.config.clone();
                     let shutdown = shutdown.clone();
-                    tasks.spawn(serve(stream, peer, shared, config, shutdown));
+                    tasks.spawn(async move {
+                        serve(stream, peer, shared, config, shutdown).await;
+                        drop(permit);
+                    });
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.

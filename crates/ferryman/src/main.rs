@@ -89,6 +89,7 @@ fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let ca = config.open_ca()?;
     tracing::info!(cert = %ca.cert_path().display(), "certificate authority");
+    raise_open_file_limit();
     let proxy = ferryman_proxy::ForwardProxy::bind(config.proxy.clone(), config.upstream.clone())
         .map_err(|e| {
         format!(
@@ -115,6 +116,30 @@ fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("forward proxy failed: {e}"))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every client connection costs a descriptor, and usually an upstream one:
+/// use all the system allows (the soft limit is often a stingy 1024).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(
+                    from = soft,
+                    to = limit.rlim_max,
+                    "raised the open-file limit"
+                );
+            }
+        }
+    }
 }
 
 /// SIGINT or SIGTERM: stop accepting and drain.
