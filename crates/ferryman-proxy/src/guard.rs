@@ -396,4 +396,101 @@ mod tests {
         ]);
         assert_eq!(v, [Verdict::Pass, Verdict::Pass]);
     }
+
+    /// A small deterministic generator, so failures replay exactly.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, below: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) as usize) % below.max(1)
+        }
+    }
+
+    /// A request with a random framing, and body bytes that look like heads.
+    fn random_request(rng: &mut Lcg) -> Vec<u8> {
+        let body: Vec<u8> =
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .iter()
+                .cycle()
+                .take(rng.next(300))
+                .copied()
+                .collect();
+        match rng.next(3) {
+            0 => b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+            1 => {
+                let mut r = format!(
+                    "POST /fixed HTTP/1.1\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                r.extend_from_slice(&body);
+                r
+            }
+            _ => {
+                let mut r =
+                    b"PUT /chunked HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec();
+                let mut rest = &body[..];
+                while !rest.is_empty() {
+                    let n = (1 + rng.next(40)).min(rest.len());
+                    let ext = if rng.next(2) == 0 { ";name=\"v\"" } else { "" };
+                    r.extend_from_slice(format!("{n:X}{ext}\r\n").as_bytes());
+                    r.extend_from_slice(&rest[..n]);
+                    r.extend_from_slice(b"\r\n");
+                    rest = &rest[n..];
+                }
+                r.extend_from_slice(b"0\r\n");
+                for n in 0..rng.next(3) {
+                    r.extend_from_slice(format!("X-Trailer-{n}: 1\r\n").as_bytes());
+                }
+                r.extend_from_slice(b"\r\n");
+                r
+            }
+        }
+    }
+
+    #[test]
+    fn random_pipelines_split_anywhere_never_trip_and_a_smuggled_tail_always_does() {
+        let smuggled =
+            b"POST /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for seed in 0..300 {
+            let mut rng = Lcg(seed);
+            let mut stream = Vec::new();
+            for _ in 0..1 + rng.next(8) {
+                stream.extend(random_request(&mut rng));
+            }
+            let clean_len = stream.len();
+            stream.extend_from_slice(smuggled);
+
+            let mut scanner = Scanner::new(8192, 100);
+            let mut offset = 0;
+            let mut verdict = None;
+            while offset < stream.len() {
+                let n = (1 + rng.next(64)).min(stream.len() - offset);
+                match scanner.feed(&stream[offset..offset + n]) {
+                    Verdict::Pass => {}
+                    Verdict::Reject { at } => {
+                        verdict = Some((offset, at));
+                        break;
+                    }
+                }
+                offset += n;
+            }
+            let (read_start, at) =
+                verdict.unwrap_or_else(|| panic!("seed {seed}: smuggled head missed"));
+            // Rejected inside the smuggled head, and never before it: either
+            // the read that holds its start, or a later read of the same head.
+            assert!(
+                read_start + at >= clean_len,
+                "seed {seed}: false rejection at {}",
+                read_start + at
+            );
+            if read_start <= clean_len {
+                assert_eq!(read_start + at, clean_len, "seed {seed}: wrong offset");
+            }
+        }
+    }
 }
