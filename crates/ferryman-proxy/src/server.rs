@@ -177,13 +177,17 @@ impl ForwardProxy {
             }
         }
         drop(listener);
-        tasks.close();
-        info!(in_flight = tasks.len(), "shutting down");
+        // Every worker thread gets here; the one that closes the tracker says so.
+        if tasks.close() {
+            info!(in_flight = tasks.len(), "shutting down");
+        }
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            warn!(
-                left = tasks.len(),
-                "grace period over, closing what is left"
-            );
+            if !self.common.hard_stop.is_cancelled() {
+                warn!(
+                    left = tasks.len(),
+                    "grace period over, closing what is left"
+                );
+            }
             self.common.hard_stop.cancel();
             tasks.wait().await;
         }
