@@ -8,4 +8,4 @@ pub mod upstream;
 
 pub use body::{BoxError, ProxyBody};
 pub use config::UpstreamConfig;
-pub use upstream::{UpstreamClient, UpstreamError};
+pub use upstream::{Target, UpstreamClient, UpstreamError};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ferryman_http::body::{self, Direction, Gate, GatedBody, Observed};
 use ferryman_http::headers::{append_forwarded_for, strip_hop_by_hop, wants_upgrade, Via};
 use ferryman_http::upstream::UpstreamBody;
-use ferryman_http::{ProxyBody, UpstreamClient};
+use ferryman_http::{ProxyBody, Target, UpstreamClient};
 use http::header::{HeaderValue, EXPECT, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -91,26 +91,31 @@ impl Handler {
         mut req: Request<Incoming>,
         log: &Arc<AccessLog>,
     ) -> Response<ProxyBody> {
-        if req.uri().scheme() != Some(&Scheme::HTTP) {
-            return local::text(
-                StatusCode::BAD_REQUEST,
-                "only http:// URLs are proxied in absolute form; use CONNECT for https",
-            );
-        }
+        let https = match req.uri().scheme() {
+            Some(scheme) if *scheme == Scheme::HTTP => false,
+            Some(scheme) if *scheme == Scheme::HTTPS => true,
+            _ => {
+                return local::text(
+                    StatusCode::BAD_REQUEST,
+                    "only http:// and https:// URLs can be proxied",
+                )
+            }
+        };
         let Some(authority) = req.uri().authority().cloned() else {
             return local::text(StatusCode::BAD_REQUEST, "request target has no host");
         };
+        let target = Target { authority, https };
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (upstream_req, gate) = self.upstream_request(req, &authority, upgrade, log);
-        let result = self.shared.upstream.send(&authority, upstream_req).await;
+        let (upstream_req, gate) = self.upstream_request(req, &target.authority, upgrade, log);
+        let result = self.shared.upstream.send(&target, upstream_req).await;
         if let Some(gate) = gate {
             gate.close();
         }
         match result {
             Ok(response) => self.downstream_response(response, client_upgrade, log),
             Err(e) => {
-                debug!(error = %e, %authority, "upstream failed");
+                debug!(error = %e, authority = %target.authority, "upstream failed");
                 local::text(e.status(), e)
             }
         }

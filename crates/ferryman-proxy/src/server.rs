@@ -28,6 +28,7 @@ pub struct ForwardProxy {
     common: Arc<Common>,
     config: Arc<ProxyConfig>,
     upstream: UpstreamConfig,
+    upstream_tls: Arc<rustls::ClientConfig>,
 }
 
 /// A serving proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
@@ -38,7 +39,12 @@ pub struct RunningProxy {
 }
 
 impl ForwardProxy {
-    pub fn bind(config: ProxyConfig, upstream: UpstreamConfig) -> std::io::Result<Self> {
+    /// `upstream_tls` says how to check servers reached over https.
+    pub fn bind(
+        config: ProxyConfig,
+        upstream: UpstreamConfig,
+        upstream_tls: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let listen = listener.local_addr()?;
@@ -56,6 +62,7 @@ impl ForwardProxy {
             common,
             config: Arc::new(config),
             upstream,
+            upstream_tls,
         })
     }
 
@@ -88,6 +95,7 @@ impl ForwardProxy {
                 common: self.common.clone(),
                 config: self.config.clone(),
                 upstream: self.upstream.clone(),
+                upstream_tls: self.upstream_tls.clone(),
             };
             let shutdown = shutdown.clone();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -127,7 +135,11 @@ impl ForwardProxy {
     async fn serve_here(self, shutdown: CancellationToken, grace: Duration) -> std::io::Result<()> {
         let listener = TcpListener::from_std(self.listener)?;
         let shared = Arc::new(Shared {
-            upstream: UpstreamClient::new(self.upstream, vec![self.common.listen]),
+            upstream: UpstreamClient::new(
+                self.upstream,
+                vec![self.common.listen],
+                self.upstream_tls.clone(),
+            ),
             common: self.common.clone(),
         });
         let tasks = &self.common.tasks;

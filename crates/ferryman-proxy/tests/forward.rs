@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{curl, proxy, proxy_with};
+use common::{curl, proxy, proxy_with, proxy_with_upstream_tls};
 use ferryman_testkit::backend::{empty, full, Backend};
 use ferryman_testkit::raw::Raw;
+use ferryman_testkit::tls::TestCa;
 use http::{HeaderMap, Response, StatusCode};
 use tokio::sync::mpsc;
 
@@ -320,16 +321,64 @@ async fn x_forwarded_for_when_configured() {
     proxy.shutdown().await;
 }
 
-#[tokio::test]
-async fn https_in_absolute_form_is_refused_with_a_reason() {
-    let proxy = proxy().await;
-    let mut raw = Raw::connect(proxy.local_addr()).await;
-    raw.send(b"GET https://127.0.0.1:1/ HTTP/1.1\r\nHost: x\r\n\r\n")
+async fn tls_backend(ca: &TestCa) -> Backend {
+    Backend::start_tls(ca.server_config(&[b"http/1.1"]), |req| async move {
+        Response::new(full(format!("secure {}", req.uri().path())))
+    })
+    .await
+}
+
+async fn get_absolute(proxy: std::net::SocketAddr, url: &str) -> (u16, String) {
+    let mut raw = Raw::connect(proxy).await;
+    raw.send(format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .await;
     let (head, body) = raw.read_response(false).await;
-    assert_eq!(head.status, 400);
-    assert!(String::from_utf8(body.unwrap())
-        .unwrap()
-        .contains("CONNECT"));
+    (head.status, String::from_utf8(body.unwrap()).unwrap())
+}
+
+#[tokio::test]
+async fn https_urls_reach_a_trusted_upstream_over_pooled_tls() {
+    let ca = TestCa::new();
+    let backend = tls_backend(&ca).await;
+    let proxy = proxy_with_upstream_tls(&[ca.pem_path()], false).await;
+    let url = format!("https://127.0.0.1:{}/a", backend.addr.port());
+    for _ in 0..2 {
+        assert_eq!(
+            get_absolute(proxy.local_addr(), &url).await,
+            (200, "secure /a".into())
+        );
+    }
+    assert_eq!(backend.connections(), 1, "the TLS connection was reused");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_untrusted_upstream_certificate_gets_502_with_the_reason() {
+    let ca = TestCa::new();
+    let backend = tls_backend(&ca).await;
+    let proxy = proxy_with_upstream_tls(&[], false).await;
+    let url = format!("https://127.0.0.1:{}/a", backend.addr.port());
+    let (status, reason) = get_absolute(proxy.local_addr(), &url).await;
+    assert_eq!(status, 502);
+    assert!(
+        reason.contains("TLS with 127.0.0.1 failed") && reason.contains("UnknownIssuer"),
+        "{reason}"
+    );
+    proxy.shutdown().await;
+
+    let insecure = proxy_with_upstream_tls(&[], true).await;
+    assert_eq!(
+        get_absolute(insecure.local_addr(), &url).await,
+        (200, "secure /a".into())
+    );
+    insecure.shutdown().await;
+}
+
+#[tokio::test]
+async fn other_schemes_are_refused_with_a_reason() {
+    let proxy = proxy().await;
+    let (status, reason) = get_absolute(proxy.local_addr(), "ftp://127.0.0.1:1/").await;
+    assert_eq!(status, 400);
+    assert!(reason.contains("http:// and https://"), "{reason}");
     proxy.shutdown().await;
 }

@@ -21,26 +21,13 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::sign::{CertifiedKey, SigningKey};
 use time::{Duration, OffsetDateTime};
 
+use crate::TlsError;
+
 const CERT_FILE: &str = "ferryman-ca.pem";
 const KEY_FILE: &str = "ferryman-ca.key";
 /// The longest leaf lifetime clients accept (CA/Browser Forum), backdate included.
 const LEAF_DAYS: i64 = 397;
 const CA_YEARS: i64 = 10;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CaError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}: {reason}", path.display())]
-    Invalid { path: PathBuf, reason: String },
-    #[error("cannot create a certificate authority: {0}")]
-    Create(String),
-    #[error("cannot mint a certificate for {host}: {reason}")]
-    Mint { host: String, reason: String },
-}
 
 pub struct CertificateAuthority {
     cert_path: PathBuf,
@@ -59,7 +46,7 @@ impl CertificateAuthority {
         dir: &Path,
         configured: Option<(&Path, &Path)>,
         leaf_cache: u64,
-    ) -> Result<Self, CaError> {
+    ) -> Result<Self, TlsError> {
         let (cert_path, key_path) = match configured {
             Some((cert, key)) => (cert.to_path_buf(), key.to_path_buf()),
             None => {
@@ -71,11 +58,11 @@ impl CertificateAuthority {
             }
         };
         let cert_pem = read(&cert_path)?;
-        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| CaError::Invalid {
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| TlsError::Invalid {
             path: key_path.clone(),
             reason: format!("not a PEM private key: {e}"),
         })?;
-        let invalid_cert = |reason: String| CaError::Invalid {
+        let invalid_cert = |reason: String| TlsError::Invalid {
             path: cert_path.clone(),
             reason,
         };
@@ -84,10 +71,10 @@ impl CertificateAuthority {
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
             .map_err(|e| invalid_cert(format!("cannot sign with it: {e}")))?;
         let leaf_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::Create(e.to_string()))?;
+            .map_err(|e| TlsError::Create(e.to_string()))?;
         let leaf_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let leaf_signer = rustls::crypto::ring::sign::any_supported_type(&leaf_der)
-            .map_err(|e| CaError::Create(e.to_string()))?;
+            .map_err(|e| TlsError::Create(e.to_string()))?;
         Ok(Self {
             cert_path,
             cert_pem,
@@ -114,14 +101,14 @@ impl CertificateAuthority {
 
     /// A certificate for `host` (a DNS name or an IP address) with the CA
     /// in its chain, minted on first use and cached.
-    pub fn leaf(&self, host: &str) -> Result<Arc<CertifiedKey>, CaError> {
+    pub fn leaf(&self, host: &str) -> Result<Arc<CertifiedKey>, TlsError> {
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
         self.leaves
             .try_get_with(host.clone(), || self.mint(&host))
-            .map_err(|e| CaError::Mint {
+            .map_err(|e| TlsError::Mint {
                 host,
                 reason: e.to_string(),
             })
@@ -157,8 +144,8 @@ impl CertificateAuthority {
     }
 }
 
-fn read(path: &Path) -> Result<String, CaError> {
-    fs::read_to_string(path).map_err(|source| CaError::Io {
+fn read(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(|source| TlsError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -167,14 +154,14 @@ fn read(path: &Path) -> Result<String, CaError> {
 /// Generates a CA into `dir`. The files are written under temporary names
 /// and renamed, key first, so a crash never leaves a certificate without
 /// its key.
-fn create(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), CaError> {
+fn create(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| CaError::Io { path, source }
+        move |source| TlsError::Io { path, source }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| CaError::Create(e.to_string()))?;
+        .map_err(|e| TlsError::Create(e.to_string()))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
     params
@@ -195,7 +182,7 @@ fn create(dir: &Path, cert_path: &Path, key_path: &Path) -> Result<(), CaError> 
     params.not_after = now + Duration::days(365 * CA_YEARS);
     let cert = params
         .self_signed(&key)
-        .map_err(|e| CaError::Create(e.to_string()))?;
+        .map_err(|e| TlsError::Create(e.to_string()))?;
 
     let key_tmp = key_path.with_extension("key.tmp");
     write_private(&key_tmp, key.serialize_pem().as_bytes()).map_err(io(&key_tmp))?;

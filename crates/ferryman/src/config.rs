@@ -39,6 +39,11 @@ pub struct TlsConfig {
     pub ca_key: Option<PathBuf>,
     /// Minted leaf certificates kept in memory.
     pub leaf_cache_size: u64,
+    /// PEM files of CAs to trust for upstream servers, besides the webpki
+    /// roots and the system's store.
+    pub upstream_ca_files: Vec<PathBuf>,
+    /// Accept any upstream certificate (like curl -k).
+    pub upstream_insecure: bool,
 }
 
 impl Default for TlsConfig {
@@ -47,6 +52,8 @@ impl Default for TlsConfig {
             ca_cert: None,
             ca_key: None,
             leaf_cache_size: 10_000,
+            upstream_ca_files: Vec::new(),
+            upstream_insecure: false,
         }
     }
 }
@@ -125,6 +132,12 @@ impl Config {
             self.tls.leaf_cache_size,
         )
         .map_err(|e| format!("certificate authority: {e}"))
+    }
+
+    /// How upstream servers are checked over TLS; reads the CA files.
+    pub fn upstream_tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+        ferryman_tls::client_config(&self.tls.upstream_ca_files, self.tls.upstream_insecure)
+            .map_err(|e| format!("config error: tls.upstream_ca_files: {e}"))
     }
 
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {

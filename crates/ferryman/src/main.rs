@@ -17,8 +17,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { ref file }) => {
-            match Config::load(Some(file), &cli.overrides.settings()) {
-                Ok(_) => {
+            let checked = Config::load(Some(file), &cli.overrides.settings())
+                .map_err(|e| e.to_string())
+                .and_then(|config| config.upstream_tls().map(|_| ()));
+            match checked {
+                Ok(()) => {
                     println!("{}: ok", file.display());
                     ExitCode::SUCCESS
                 }
@@ -90,8 +93,13 @@ fn run(config: Config) -> Result<(), String> {
     let ca = config.open_ca()?;
     tracing::info!(cert = %ca.cert_path().display(), "certificate authority");
     raise_open_file_limit();
-    let proxy = ferryman_proxy::ForwardProxy::bind(config.proxy.clone(), config.upstream.clone())
-        .map_err(|e| {
+    let upstream_tls = config.upstream_tls()?;
+    let proxy = ferryman_proxy::ForwardProxy::bind(
+        config.proxy.clone(),
+        config.upstream.clone(),
+        upstream_tls,
+    )
+    .map_err(|e| {
         format!(
             "cannot listen on {} (proxy.listen): {e}",
             config.proxy.listen

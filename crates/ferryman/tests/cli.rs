@@ -71,6 +71,17 @@ async fn check_config_accepts_good_files_and_names_what_is_wrong_in_bad_ones() {
         "{err}"
     );
 
+    let not_a_ca = dir.path().join("not-a-ca.pem");
+    std::fs::write(&not_a_ca, "hello\n").unwrap();
+    let setting = format!("tls.upstream_ca_files=[\"{}\"]", not_a_ca.display());
+    let (code, _, err) = output(&["check-config", good.to_str().unwrap(), "--set", &setting]).await;
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("tls.upstream_ca_files")
+            && err.contains("not-a-ca.pem: holds no PEM certificate"),
+        "{err}"
+    );
+
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,

@@ -14,6 +14,8 @@ pub enum UpstreamError {
     Connect { addr: String, source: io::Error },
     #[error("connecting to {0} timed out")]
     ConnectTimeout(String),
+    #[error("TLS with {host} failed: {reason}")]
+    Tls { host: String, reason: String },
     #[error("{0} is one of this proxy's own listeners")]
     Loop(String),
     #[error("no response head from upstream within {0:?}")]

@@ -17,12 +17,16 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{timeout_at, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 pub use error::UpstreamError;
-use pool::{Checkout, Pool, PoolKey, Sender};
+use pool::{Checkout, Pool, PoolKey, Sender, Slot};
 pub use sent::SentBody;
 
 use crate::body::ProxyBody;
@@ -35,6 +39,29 @@ pub struct UpstreamClient {
     pool: Pool,
     config: Arc<UpstreamConfig>,
     own_addrs: Arc<[SocketAddr]>,
+    tls: TlsConnector,
+}
+
+/// Where a request goes: a host and port, over TLS or not.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub authority: Authority,
+    pub https: bool,
+}
+
+impl Target {
+    pub fn http(authority: Authority) -> Self {
+        Self {
+            authority,
+            https: false,
+        }
+    }
+
+    /// The port, or the scheme's default.
+    pub fn port(&self) -> u16 {
+        let default = if self.https { 443 } else { 80 };
+        self.authority.port_u16().unwrap_or(default)
+    }
 }
 
 /// A connection for one exchange, and whether it had served one before.
@@ -52,8 +79,13 @@ enum Failure {
 }
 
 impl UpstreamClient {
-    /// `own_addrs` are this process's listeners: connecting to one is a loop.
-    pub fn new(config: UpstreamConfig, own_addrs: Vec<SocketAddr>) -> Self {
+    /// `own_addrs` are this process's listeners: connecting to one is a
+    /// loop. `tls` says how to check servers reached over https.
+    pub fn new(
+        config: UpstreamConfig,
+        own_addrs: Vec<SocketAddr>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
         Self {
             pool: Pool::new(
                 config.max_connections_per_host,
@@ -62,6 +94,7 @@ impl UpstreamClient {
             ),
             config: Arc::new(config),
             own_addrs: own_addrs.into(),
+            tls: TlsConnector::from(tls),
         }
     }
 
@@ -75,18 +108,16 @@ impl UpstreamClient {
         connect::connect_tcp(host, port, deadline, &self.own_addrs).await
     }
 
-    /// Sends an origin-form request to `authority` (port 80 unless it says
-    /// otherwise). Upgrade requests get a connection of their own that never
-    /// returns to the pool.
+    /// Sends an origin-form request to `target`. Upgrade requests get a
+    /// connection of their own that never returns to the pool.
     pub async fn send(
         &self,
-        authority: &Authority,
+        target: &Target,
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let (host, port) = (authority.host(), authority.port_u16().unwrap_or(80));
-        let key = PoolKey::new(authority, port);
+        let key = PoolKey::new(target);
         let upgrade = headers::wants_upgrade(req.headers());
-        let mut lease = self.lease(&key, host, port, !upgrade).await?;
+        let mut lease = self.lease(&key, target, !upgrade).await?;
         // Replayable: nothing to resend but the head, resending is harmless,
         // and only a reused connection can have been closed under us.
         let replay =
@@ -100,7 +131,7 @@ impl UpstreamClient {
         // written, or when it is idempotent, bodiless and got no answer.
         attempt = match attempt {
             Err(Failure::Unsent(_, req)) if lease.reused => {
-                self.retry(&key, host, port, &mut lease, *req).await
+                self.retry(&key, target, &mut lease, *req).await
             }
             Err(Failure::Sent(e))
                 if lease.reused && (e.is_incomplete_message() || e.is_canceled()) =>
@@ -108,7 +139,7 @@ impl UpstreamClient {
                 match replay {
                     Some(head) => {
                         let req = head.map(|()| SentBody::new(crate::body::empty()));
-                        self.retry(&key, host, port, &mut lease, req).await
+                        self.retry(&key, target, &mut lease, req).await
                     }
                     None => Err(Failure::Sent(e)),
                 }
@@ -142,10 +173,10 @@ impl UpstreamClient {
     async fn lease(
         &self,
         key: &PoolKey,
-        host: &str,
-        port: u16,
+        target: &Target,
         allow_idle: bool,
     ) -> Result<Lease, UpstreamError> {
+        let (host, port) = (target.authority.host(), target.port());
         let deadline = Instant::now() + self.config.connect_timeout;
         loop {
             let checkout = self.pool.checkout(key, allow_idle, deadline).await;
@@ -162,18 +193,12 @@ impl UpstreamClient {
                 Some(Checkout::Open(slot)) => {
                     let stream =
                         connect::connect_tcp(host, port, deadline, &self.own_addrs).await?;
-                    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-                        .max_headers(200)
-                        .max_header_size(self.config.max_response_header_bytes)
-                        .handshake(TokioIo::new(stream))
-                        .await
-                        .map_err(UpstreamError::Protocol)?;
-                    tokio::spawn(async move {
-                        if let Err(e) = conn.with_upgrades().await {
-                            debug!(error = %e, "upstream connection ended");
-                        }
-                        drop(slot);
-                    });
+                    let sender = if target.https {
+                        let tls = self.handshake_tls(host, stream, deadline).await?;
+                        self.start(tls, slot).await?
+                    } else {
+                        self.start(stream, slot).await?
+                    };
                     return Ok(Lease {
                         sender,
                         reused: false,
@@ -183,16 +208,56 @@ impl UpstreamClient {
         }
     }
 
+    async fn handshake_tls(
+        &self,
+        host: &str,
+        stream: TcpStream,
+        deadline: Instant,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+        let name = host.trim_start_matches('[').trim_end_matches(']');
+        let failed = |reason: String| UpstreamError::Tls {
+            host: name.to_string(),
+            reason,
+        };
+        let server_name =
+            ServerName::try_from(name.to_string()).map_err(|e| failed(e.to_string()))?;
+        match timeout_at(deadline, self.tls.connect(server_name, stream)).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(UpstreamError::ConnectTimeout(name.to_string())),
+        }
+    }
+
+    /// Speaks HTTP/1.1 over `io`; the connection lives in its own task, and
+    /// frees its slot at the host's cap when it ends.
+    async fn start<I>(&self, io: I, slot: Slot) -> Result<Sender, UpstreamError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_headers(200)
+            .max_header_size(self.config.max_response_header_bytes)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(UpstreamError::Protocol)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream connection ended");
+            }
+            drop(slot);
+        });
+        Ok(sender)
+    }
+
     async fn retry(
         &self,
         key: &PoolKey,
-        host: &str,
-        port: u16,
+        target: &Target,
         lease: &mut Lease,
         req: Request<SentBody>,
     ) -> Result<Response<Incoming>, Failure> {
-        debug!(%host, port, "retrying on a fresh connection");
-        match self.lease(key, host, port, false).await {
+        debug!(authority = %target.authority, "retrying on a fresh connection");
+        match self.lease(key, target, false).await {
             Ok(fresh) => *lease = fresh,
             Err(e) => return Err(Failure::Lease(e)),
         }

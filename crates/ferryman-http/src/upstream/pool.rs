@@ -12,6 +12,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 use super::sent::SentBody;
+use super::Target;
 
 pub(crate) type Sender = SendRequest<SentBody>;
 
@@ -21,6 +22,7 @@ pub(crate) type Sender = SendRequest<SentBody>;
 pub(crate) struct PoolKey {
     authority: Authority,
     port: u16,
+    https: bool,
 }
 
 impl Hash for PoolKey {
@@ -35,14 +37,16 @@ impl Hash for PoolKey {
             state.write(lower);
         }
         state.write_u16(self.port);
+        state.write_u8(u8::from(self.https));
     }
 }
 
 impl PoolKey {
-    pub(crate) fn new(authority: &Authority, port: u16) -> Self {
+    pub(crate) fn new(target: &Target) -> Self {
         Self {
-            authority: authority.clone(),
-            port,
+            authority: target.authority.clone(),
+            port: target.port(),
+            https: target.https,
         }
     }
 }
@@ -232,7 +236,7 @@ mod tests {
     #[tokio::test]
     async fn cap_makes_checkout_wait_for_a_freed_slot() {
         let pool = Pool::new(1, 4, Duration::from_secs(60));
-        let key = PoolKey::new(&Authority::from_static("Example"), 80);
+        let key = PoolKey::new(&Target::http(Authority::from_static("Example")));
         let soon = Instant::now() + Duration::from_millis(50);
         let Some(Checkout::Open(first)) = pool.checkout(&key, true, soon).await else {
             panic!("first checkout opens");
@@ -252,7 +256,7 @@ mod tests {
         };
         drop(first);
         assert!(waiter.await.unwrap(), "a freed slot wakes the waiter");
-        let same = PoolKey::new(&Authority::from_static("example"), 80);
+        let same = PoolKey::new(&Target::http(Authority::from_static("example:80")));
         assert_eq!(pool.idle_count(&same), 0);
     }
 }

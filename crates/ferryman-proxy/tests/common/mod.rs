@@ -14,8 +14,27 @@ pub async fn proxy_with(tweak: impl FnOnce(&mut ProxyConfig, &mut UpstreamConfig
     proxy_with_grace(Duration::from_secs(5), tweak).await
 }
 
+/// A proxy that checks upstream TLS against `ca_files` (besides the usual
+/// roots), or not at all when `insecure`.
+pub async fn proxy_with_upstream_tls(
+    ca_files: &[std::path::PathBuf],
+    insecure: bool,
+) -> RunningProxy {
+    let tls = ferryman_tls::client_config(ca_files, insecure).expect("upstream TLS config");
+    start(Duration::from_secs(5), tls, |_, _| {})
+}
+
 pub async fn proxy_with_grace(
     grace: Duration,
+    tweak: impl FnOnce(&mut ProxyConfig, &mut UpstreamConfig),
+) -> RunningProxy {
+    let tls = ferryman_tls::client_config(&[], false).expect("upstream TLS config");
+    start(grace, tls, tweak)
+}
+
+fn start(
+    grace: Duration,
+    tls: std::sync::Arc<rustls::ClientConfig>,
     tweak: impl FnOnce(&mut ProxyConfig, &mut UpstreamConfig),
 ) -> RunningProxy {
     let mut proxy = ProxyConfig {
@@ -24,7 +43,7 @@ pub async fn proxy_with_grace(
     };
     let mut upstream = UpstreamConfig::default();
     tweak(&mut proxy, &mut upstream);
-    ForwardProxy::bind(proxy, upstream)
+    ForwardProxy::bind(proxy, upstream, tls)
         .expect("bind proxy")
         .start(grace)
 }
