@@ -2,15 +2,36 @@
 //! (or the tunnel) is done with it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
 use ferryman_http::body::{BodyObserver, Direction};
 use http::{Method, Uri};
 
+/// What a logged session was.
+#[derive(Debug, Clone, Copy)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    Http,
+    Tunnel,
+    InterceptedTls,
+    InterceptedHttp,
+}
+
+impl Kind {
+    fn name(raw: u8) -> &'static str {
+        match raw {
+            1 => "tunnel",
+            2 => "intercepted-tls",
+            3 => "intercepted-http",
+            _ => "http",
+        }
+    }
+}
+
 pub(crate) struct AccessLog {
-    tunnel: AtomicBool,
+    kind: AtomicU8,
     client: SocketAddr,
     method: Method,
     /// For CONNECT, the authority form: `host:port`.
@@ -25,7 +46,7 @@ pub(crate) struct AccessLog {
 impl AccessLog {
     pub(crate) fn new(client: SocketAddr, method: Method, target: Uri) -> Self {
         Self {
-            tunnel: AtomicBool::new(false),
+            kind: AtomicU8::new(Kind::Http as u8),
             client,
             method,
             target,
@@ -41,9 +62,13 @@ impl AccessLog {
         self.status.store(status.as_u16(), Ordering::Relaxed);
     }
 
-    /// Bytes carried by a tunnel after the exchange became one.
+    pub(crate) fn set_kind(&self, kind: Kind) {
+        self.kind.store(kind as u8, Ordering::Relaxed);
+    }
+
+    /// Bytes carried by a plain tunnel.
     pub(crate) fn tunnelled(&self, up: u64, down: u64) {
-        self.tunnel.store(true, Ordering::Relaxed);
+        self.set_kind(Kind::Tunnel);
         self.up.fetch_add(up, Ordering::Relaxed);
         self.down.fetch_add(down, Ordering::Relaxed);
     }
@@ -73,7 +98,7 @@ impl Drop for AccessLog {
     fn drop(&mut self) {
         tracing::info!(
             target: "ferryman::access",
-            kind = if *self.tunnel.get_mut() { "tunnel" } else { "http" },
+            kind = Kind::name(*self.kind.get_mut()),
             client = %self.client,
             method = %self.method,
             target = %self.target,

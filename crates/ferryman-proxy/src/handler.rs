@@ -19,6 +19,8 @@ use tracing::debug;
 
 use crate::access::AccessLog;
 use crate::auth::ProxyAuth;
+use crate::intercept::Interception;
+use crate::ProxyConfig;
 use crate::{local, tunnel};
 
 /// What every connection of the listener shares, on every thread.
@@ -34,6 +36,11 @@ pub(crate) struct Common {
     pub(crate) hard_stop: CancellationToken,
     /// One permit per client connection being served.
     pub(crate) connections: Arc<Semaphore>,
+    pub(crate) interception: Option<Arc<Interception>>,
+    pub(crate) config: Arc<ProxyConfig>,
+    /// Cancelled when shutdown starts: connections finish what they are
+    /// doing and close.
+    pub(crate) stopping: CancellationToken,
 }
 
 /// One worker thread's view: the common part plus its own upstream pool, so
@@ -43,26 +50,40 @@ pub(crate) struct Shared {
     pub(crate) upstream: UpstreamClient,
 }
 
+pub(crate) type HandleFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Response<Observed<ProxyBody>>> + Send>>;
+
 #[derive(Clone)]
 pub(crate) struct Handler {
     pub(crate) shared: Arc<Shared>,
     pub(crate) client: SocketAddr,
+    /// Inside an intercepted tunnel, where every request goes.
+    pub(crate) intercepted: Option<Target>,
 }
 
 impl Handler {
-    pub(crate) async fn handle(self, req: Request<Incoming>) -> Response<Observed<ProxyBody>> {
-        let log = Arc::new(AccessLog::new(
-            self.client,
-            req.method().clone(),
-            req.uri().clone(),
-        ));
-        let mut response = self.route(req, &log).await;
-        log.set_status(response.status());
-        *response.version_mut() = Version::HTTP_11;
-        response.map(|b| Observed::new(b, log, Direction::Down))
+    /// Boxed, with a name: requests inside an intercepted tunnel come back
+    /// here from the tunnel this very function opened, and an unnamed
+    /// recursive future cannot be shown to be `Send`.
+    pub(crate) fn handle(self, req: Request<Incoming>) -> HandleFuture {
+        Box::pin(async move {
+            let target = match &self.intercepted {
+                Some(inside) => absolute(inside, req.uri()),
+                None => req.uri().clone(),
+            };
+            let log = Arc::new(AccessLog::new(self.client, req.method().clone(), target));
+            let mut response = self.route(req, &log).await;
+            log.set_status(response.status());
+            *response.version_mut() = Version::HTTP_11;
+            response.map(|b| Observed::new(b, log, Direction::Down))
+        })
     }
 
     async fn route(&self, req: Request<Incoming>, log: &Arc<AccessLog>) -> Response<ProxyBody> {
+        if let Some(target) = &self.intercepted {
+            // Authenticated at CONNECT; everything inside goes to its target.
+            return self.exchange(req, target.clone(), log).await;
+        }
         let is_proxy_request = req.method() == Method::CONNECT || req.uri().authority().is_some();
         let common = &self.shared.common;
         if !is_proxy_request {
@@ -80,17 +101,13 @@ impl Handler {
             );
         }
         if req.method() == Method::CONNECT {
-            tunnel::connect(&self.shared, req, log).await
+            tunnel::connect(&self.shared, self.client, req, log).await
         } else {
             self.forward(req, log).await
         }
     }
 
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        log: &Arc<AccessLog>,
-    ) -> Response<ProxyBody> {
+    async fn forward(&self, req: Request<Incoming>, log: &Arc<AccessLog>) -> Response<ProxyBody> {
         let https = match req.uri().scheme() {
             Some(scheme) if *scheme == Scheme::HTTP => false,
             Some(scheme) if *scheme == Scheme::HTTPS => true,
@@ -104,7 +121,16 @@ impl Handler {
         let Some(authority) = req.uri().authority().cloned() else {
             return local::text(StatusCode::BAD_REQUEST, "request target has no host");
         };
-        let target = Target { authority, https };
+        self.exchange(req, Target { authority, https }, log).await
+    }
+
+    /// Sends the request to `target` and relays the answer.
+    async fn exchange(
+        &self,
+        mut req: Request<Incoming>,
+        target: Target,
+        log: &Arc<AccessLog>,
+    ) -> Response<ProxyBody> {
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (upstream_req, gate) = self.upstream_request(req, &target.authority, upgrade, log);
@@ -137,10 +163,14 @@ impl Handler {
             .get(EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        // The authority without any "user:password@", which must not leak.
-        let host = authority.as_str().rsplit('@').next().unwrap_or_default();
-        if let Ok(value) = HeaderValue::from_str(host) {
-            parts.headers.insert(HOST, value);
+        // An absolute-form target names the host (RFC 9112 3.2.2); inside an
+        // intercepted tunnel the client's Host stands, as it chose it.
+        if parts.uri.authority().is_some() || !parts.headers.contains_key(HOST) {
+            // The authority without any "user:password@", which must not leak.
+            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+            if let Ok(value) = HeaderValue::from_str(host) {
+                parts.headers.insert(HOST, value);
+            }
         }
         let common = &self.shared.common;
         common.via.append(&mut parts.headers, parts.version);
@@ -194,6 +224,13 @@ impl Handler {
             .append(response.headers_mut(), version);
         response.map(body::boxed)
     }
+}
+
+/// The full URL of a request inside an intercepted tunnel, for the log.
+fn absolute(target: &Target, uri: &Uri) -> Uri {
+    let scheme = if target.https { "https" } else { "http" };
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    Uri::try_from(format!("{scheme}://{}{path}", target.authority)).unwrap_or_else(|_| uri.clone())
 }
 
 fn origin_form(uri: &Uri) -> Uri {

@@ -6,6 +6,7 @@ mod auth;
 pub mod config;
 mod guard;
 mod handler;
+mod intercept;
 mod local;
 mod server;
 #[cfg(target_os = "linux")]
@@ -13,4 +14,5 @@ mod splice;
 mod tunnel;
 
 pub use config::ProxyConfig;
+pub use intercept::{InterceptConfig, InterceptMode, Interception};
 pub use server::{ForwardProxy, RunningProxy};

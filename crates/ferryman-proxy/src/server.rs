@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferryman_http::headers::Via;
+use ferryman_http::Target;
 use ferryman_http::{UpstreamClient, UpstreamConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -20,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::auth::ProxyAuth;
 use crate::guard::FramingGuard;
 use crate::handler::{Common, Handler, Shared};
+use crate::Interception;
 use crate::ProxyConfig;
 
 /// A bound forward-proxy listener, not yet serving.
@@ -40,10 +43,12 @@ pub struct RunningProxy {
 
 impl ForwardProxy {
     /// `upstream_tls` says how to check servers reached over https.
+    /// With `interception`, CONNECT tunnels are intercepted as its rules say.
     pub fn bind(
         config: ProxyConfig,
         upstream: UpstreamConfig,
         upstream_tls: Arc<rustls::ClientConfig>,
+        interception: Option<Interception>,
     ) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
@@ -56,6 +61,9 @@ impl ForwardProxy {
             tasks: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
             connections: Arc::new(Semaphore::new(config.connection_limit())),
+            interception: interception.map(Arc::new),
+            config: Arc::new(config.clone()),
+            stopping: CancellationToken::new(),
         });
         Ok(Self {
             listener,
@@ -174,10 +182,8 @@ impl ForwardProxy {
             match accepted {
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
-                    let config = self.config.clone();
-                    let shutdown = shutdown.clone();
                     tasks.spawn(async move {
-                        serve(stream, peer, shared, config, shutdown).await;
+                        serve(stream, peer, shared).await;
                         drop(permit);
                     });
                 }
@@ -189,6 +195,7 @@ impl ForwardProxy {
             }
         }
         drop(listener);
+        self.common.stopping.cancel();
         // Every worker thread gets here; the one that closes the tracker says so.
         if tasks.close() {
             info!(in_flight = tasks.len(), "shutting down");
@@ -221,23 +228,35 @@ impl RunningProxy {
     }
 }
 
-async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    config: Arc<ProxyConfig>,
-    shutdown: CancellationToken,
-) {
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    serve_http1(stream, shared, peer, None).await;
+}
+
+/// Serves HTTP/1.1 on `io` until the client is done: a client connection
+/// to the proxy (`intercepted` None), or the inside of an intercepted
+/// tunnel, whose every request goes to `intercepted`. On shutdown, idle
+/// keep-alive connections close and in-flight exchanges finish.
+pub(crate) async fn serve_http1<IO>(
+    io: IO,
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    intercepted: Option<Target>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let config = shared.common.config.clone();
+    let stopping = shared.common.stopping.clone();
+    let hard_stop = shared.common.hard_stop.clone();
     let io = TokioIo::new(FramingGuard::new(
-        stream,
+        io,
         config.max_header_bytes,
         config.max_headers,
     ));
-    let hard_stop = shared.common.hard_stop.clone();
     let handler = Handler {
         shared,
-        client: peer,
+        client,
+        intercepted,
     };
     let service = service_fn(move |req| {
         let handler = handler.clone();
@@ -253,7 +272,7 @@ async fn serve(
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = shutdown.cancelled() => {
+        _ = stopping.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 result = conn.as_mut() => result,
@@ -263,10 +282,10 @@ async fn serve(
     };
     if let Err(e) = result {
         if e.is_parse() || e.is_parse_too_large() {
-            info!(target: "ferryman::access", kind = "rejected", client = %peer, error = %e);
+            info!(target: "ferryman::access", kind = "rejected", %client, error = %e);
         } else {
             // The client went away, timed out or reset: expected, not an error.
-            debug!(client = %peer, error = %e, "client connection ended");
+            debug!(%client, error = %e, "client connection ended");
         }
     }
 }

@@ -13,9 +13,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use std::net::SocketAddr;
+
+use http::uri::Authority;
+
 use crate::access::AccessLog;
 use crate::guard::FramingGuard;
 use crate::handler::{Common, Shared};
+use crate::intercept;
 use crate::local;
 
 /// Per-direction copy buffer: large enough for bulk transfers to run at
@@ -29,13 +34,14 @@ pub(crate) type ClientIo = TokioIo<FramingGuard<TcpStream>>;
 /// Answers CONNECT only once the upstream TCP connection is up, then splices.
 pub(crate) async fn connect(
     shared: &Arc<Shared>,
+    client: SocketAddr,
     req: Request<Incoming>,
     log: &Arc<AccessLog>,
 ) -> Response<ProxyBody> {
-    let Some((host, port)) = req
+    let Some((authority, host, port)) = req
         .uri()
         .authority()
-        .and_then(|a| Some((a.host().to_string(), a.port_u16()?)))
+        .and_then(|a| Some((a.clone(), a.host().to_string(), a.port_u16()?)))
     else {
         return refuse(local::text(
             StatusCode::BAD_REQUEST,
@@ -51,9 +57,10 @@ pub(crate) async fn connect(
     };
     let on_client = hyper::upgrade::on(req);
     let log = log.clone();
+    let tunnel_shared = shared.clone();
     spawn_until_stopped(&shared.common, log.clone(), async move {
         match on_client.await {
-            Ok(client) => relay_to_socket(client, upstream, &log).await,
+            Ok(upgraded) => tunnel(tunnel_shared, client, upgraded, upstream, authority, log).await,
             Err(e) => debug!(error = %e, "client left before the tunnel opened"),
         }
     });
@@ -109,24 +116,43 @@ fn spawn_until_stopped(
     });
 }
 
-/// A CONNECT tunnel: when the client connection is a plain socket, bytes
-/// move socket to socket inside the kernel (Linux), else through a copy loop.
-async fn relay_to_socket(client: Upgraded, mut upstream: TcpStream, log: &AccessLog) {
-    let result = match client.downcast::<ClientIo>() {
+/// A CONNECT tunnel: intercepted when the rules say so, else relayed; when
+/// the client connection is a plain socket, bytes move socket to socket
+/// inside the kernel (Linux), else through a copy loop.
+async fn tunnel(
+    shared: Arc<Shared>,
+    client: SocketAddr,
+    upgraded: Upgraded,
+    mut upstream: TcpStream,
+    authority: Authority,
+    log: Arc<AccessLog>,
+) {
+    match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
             let socket = parts.io.into_inner().into_inner();
             // Bytes the client sent right behind its request head belong to the tunnel.
-            let early = parts.read_buf.len() as u64;
-            match upstream.write_all(&parts.read_buf).await {
-                Ok(()) => relay_sockets(socket, upstream)
-                    .await
-                    .map(|(up, down)| (up + early, down)),
-                Err(e) => Err(e),
+            let early = parts.read_buf;
+            match shared.common.interception.clone() {
+                Some(interception) if interception.intercepts(authority.host()) => {
+                    let session = (client, socket, early, upstream, authority);
+                    intercept::run(shared, interception, session, log).await
+                }
+                _ => record(relay_bytes(socket, upstream, &early).await, &log),
             }
         }
-        Err(client) => pump(&mut TokioIo::new(client), &mut upstream).await,
-    };
-    record(result, log);
+        Err(upgraded) => record(pump(&mut TokioIo::new(upgraded), &mut upstream).await, &log),
+    }
+}
+
+/// Relays `early` (bytes already read from the client) and then everything else.
+pub(crate) async fn relay_bytes(
+    socket: TcpStream,
+    mut upstream: TcpStream,
+    early: &[u8],
+) -> std::io::Result<(u64, u64)> {
+    upstream.write_all(early).await?;
+    let (up, down) = relay_sockets(socket, upstream).await?;
+    Ok((up + early.len() as u64, down))
 }
 
 #[cfg(target_os = "linux")]
@@ -142,7 +168,7 @@ async fn relay_sockets(
     pump(&mut client, &mut upstream).await
 }
 
-fn record(result: std::io::Result<(u64, u64)>, log: &AccessLog) {
+pub(crate) fn record(result: std::io::Result<(u64, u64)>, log: &AccessLog) {
     match result {
         Ok((up, down)) => log.tunnelled(up, down),
         Err(e) => {
@@ -159,4 +185,56 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUFFER, TUNNEL_BUFFER).await
+}
+
+/// A stream that first yields bytes already read from it.
+pub(crate) struct Prefixed<T> {
+    prefix: bytes::Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub(crate) fn new(prefix: bytes::Bytes, inner: T) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.prefix.is_empty() {
+            return std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        let head = self.prefix.split_to(n);
+        buf.put_slice(&head);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

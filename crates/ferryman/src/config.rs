@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ferryman_http::config::{humantime_serde, Invalid};
 use ferryman_http::UpstreamConfig;
-use ferryman_proxy::ProxyConfig;
+use ferryman_proxy::{InterceptConfig, ProxyConfig};
 use serde::Deserialize;
 use toml::{Table, Value};
 
@@ -26,6 +26,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
+    pub intercept: InterceptConfig,
     pub log: LogConfig,
 }
 
@@ -94,6 +95,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             upstream: UpstreamConfig::default(),
             tls: TlsConfig::default(),
+            intercept: InterceptConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -168,6 +170,7 @@ impl Config {
         self.proxy.validate(&mut invalid);
         self.upstream.validate(&mut invalid);
         self.tls.validate(&mut invalid);
+        self.intercept.validate(&mut invalid);
         if invalid.is_empty() {
             return Ok(());
         }

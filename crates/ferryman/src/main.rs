@@ -94,10 +94,13 @@ fn run(config: Config) -> Result<(), String> {
     tracing::info!(cert = %ca.cert_path().display(), "certificate authority");
     raise_open_file_limit();
     let upstream_tls = config.upstream_tls()?;
+    let interception =
+        ferryman_proxy::Interception::new(std::sync::Arc::new(ca), config.intercept.clone());
     let proxy = ferryman_proxy::ForwardProxy::bind(
         config.proxy.clone(),
         config.upstream.clone(),
         upstream_tls,
+        Some(interception),
     )
     .map_err(|e| {
         format!(

@@ -32,18 +32,44 @@ pub async fn proxy_with_grace(
     start(grace, tls, tweak)
 }
 
+/// A proxy intercepting CONNECT tunnels with a CA of its own (in the
+/// returned directory, `ferryman-ca.pem`), trusting `ca_files` upstream.
+pub async fn intercepting_proxy(
+    ca_files: &[std::path::PathBuf],
+    insecure: bool,
+    rules: ferryman_proxy::InterceptConfig,
+) -> (RunningProxy, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ferryman_tls::CertificateAuthority::open(dir.path(), None, 100).expect("CA");
+    let interception = ferryman_proxy::Interception::new(std::sync::Arc::new(ca), rules);
+    let tls = ferryman_tls::client_config(ca_files, insecure).expect("upstream TLS config");
+    let proxy = ForwardProxy::bind(
+        local_proxy_config(),
+        UpstreamConfig::default(),
+        tls,
+        Some(interception),
+    )
+    .expect("bind proxy")
+    .start(Duration::from_secs(5));
+    (proxy, dir)
+}
+
+fn local_proxy_config() -> ProxyConfig {
+    ProxyConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..ProxyConfig::default()
+    }
+}
+
 fn start(
     grace: Duration,
     tls: std::sync::Arc<rustls::ClientConfig>,
     tweak: impl FnOnce(&mut ProxyConfig, &mut UpstreamConfig),
 ) -> RunningProxy {
-    let mut proxy = ProxyConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..ProxyConfig::default()
-    };
+    let mut proxy = local_proxy_config();
     let mut upstream = UpstreamConfig::default();
     tweak(&mut proxy, &mut upstream);
-    ForwardProxy::bind(proxy, upstream, tls)
+    ForwardProxy::bind(proxy, upstream, tls, None)
         .expect("bind proxy")
         .start(grace)
 }

@@ -1,0 +1,238 @@
+//! Interception inside CONNECT tunnels: TLS is terminated with a leaf from
+//! ferryman's CA and plain HTTP is served as is, so every request inside
+//! becomes an exchange of its own. Anything else, a server that speaks
+//! first, a client that wants another protocol, a host the rules exclude or
+//! a client that refuses the certificate, gets a plain tunnel.
+
+mod rules;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ferryman_http::Target;
+use ferryman_tls::{CertificateAuthority, CertifiedKey};
+use http::uri::Authority;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::{AlertDescription, ServerConfig};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio_rustls::StartHandshake;
+use tracing::debug;
+
+use rules::Rules;
+pub use rules::{InterceptConfig, InterceptMode};
+
+use crate::access::{AccessLog, Kind};
+use crate::handler::Shared;
+use crate::server::serve_http1;
+use crate::tunnel::{record, relay_bytes};
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+/// A ClientHello larger than this is not waited for; the tunnel stays plain.
+const MAX_CLIENT_HELLO: usize = 64 * 1024;
+
+/// Interception as configured: the CA that signs, and the rules.
+pub struct Interception {
+    ca: Arc<CertificateAuthority>,
+    rules: Rules,
+}
+
+impl Interception {
+    pub fn new(ca: Arc<CertificateAuthority>, config: InterceptConfig) -> Self {
+        Self {
+            ca,
+            rules: Rules::new(config),
+        }
+    }
+
+    pub(crate) fn intercepts(&self, host: &str) -> bool {
+        self.rules.intercepts(host)
+    }
+}
+
+/// A tunnel's ends: client address, client socket, bytes already read from
+/// it, upstream socket, and the CONNECT target.
+pub(crate) type Session = (SocketAddr, TcpStream, bytes::Bytes, TcpStream, Authority);
+
+/// Decides what the tunnel to `authority` carries, and serves it.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    interception: Arc<Interception>,
+    (client, socket, early, upstream, authority): Session,
+    log: Arc<AccessLog>,
+) {
+    // Whoever speaks first decides: a server banner (SMTP, SSH...) means a
+    // plain tunnel, at once, without waiting on the client.
+    let first = match early.first() {
+        Some(&byte) => Some(byte),
+        None => tokio::select! {
+            readable = socket.readable() => match readable {
+                Ok(()) => peek_byte(&socket).await,
+                Err(_) => None,
+            },
+            _ = upstream.readable() => None,
+        },
+    };
+    match first {
+        Some(TLS_HANDSHAKE) => {
+            tls(
+                shared,
+                &interception,
+                client,
+                socket,
+                early,
+                upstream,
+                authority,
+                log,
+            )
+            .await
+        }
+        Some(byte) if byte.is_ascii_uppercase() => {
+            // Plain HTTP inside the tunnel: served here, sent to the target.
+            log.set_kind(Kind::InterceptedHttp);
+            drop(upstream);
+            let io = crate::tunnel::Prefixed::new(early, socket);
+            serve_http1(io, shared, client, Some(Target::http(authority))).await;
+        }
+        _ => record(relay_bytes(socket, upstream, &early).await, &log),
+    }
+}
+
+async fn peek_byte(socket: &TcpStream) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    match socket.peek(&mut byte).await {
+        Ok(1) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn tls(
+    shared: Arc<Shared>,
+    interception: &Interception,
+    client: SocketAddr,
+    mut socket: TcpStream,
+    early: bytes::Bytes,
+    upstream: TcpStream,
+    authority: Authority,
+    log: Arc<AccessLog>,
+) {
+    // Read the ClientHello ourselves, keeping its bytes, so the tunnel can
+    // still be passed through untouched once we know what the client wants.
+    let mut hello_bytes = early.to_vec();
+    let mut acceptor = Acceptor::default();
+    let mut fed = 0;
+    let accepted = loop {
+        while fed < hello_bytes.len() {
+            match acceptor.read_tls(&mut &hello_bytes[fed..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => fed += n,
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted,
+            Ok(None) if hello_bytes.len() < MAX_CLIENT_HELLO => {
+                let mut chunk = [0u8; 4096];
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => hello_bytes.extend_from_slice(&chunk[..n]),
+                }
+            }
+            _ => {
+                record(relay_bytes(socket, upstream, &hello_bytes).await, &log);
+                return;
+            }
+        }
+    };
+    let hello = accepted.client_hello();
+    let name = hello
+        .server_name()
+        .map_or_else(|| authority.host().to_string(), str::to_string);
+    let alpn: Option<Vec<Vec<u8>>> = hello
+        .alpn()
+        .map(|offered| offered.map(<[u8]>::to_vec).collect());
+    // HTTP/1.1 only for now: a client that cannot speak it keeps its tunnel.
+    let speaks_http1 = alpn
+        .as_ref()
+        .is_none_or(|list| list.iter().any(|p| p == b"http/1.1"));
+    if !speaks_http1 || !interception.intercepts(&name) {
+        record(relay_bytes(socket, upstream, &hello_bytes).await, &log);
+        return;
+    }
+    let leaf = match interception.ca.leaf(&name) {
+        Ok(leaf) => leaf,
+        Err(e) => {
+            debug!(error = %e, "no certificate to intercept with; passing through");
+            record(relay_bytes(socket, upstream, &hello_bytes).await, &log);
+            return;
+        }
+    };
+    // The upstream is reached through the pool, verified there.
+    drop(upstream);
+    let config = match server_config(leaf, alpn.is_some()) {
+        Ok(config) => config,
+        Err(e) => {
+            debug!(error = %e, "cannot build the interception TLS config");
+            return;
+        }
+    };
+    match StartHandshake::from_parts(accepted, socket)
+        .into_stream(config)
+        .await
+    {
+        Ok(stream) => {
+            log.set_kind(Kind::InterceptedTls);
+            let target = Target {
+                authority,
+                https: true,
+            };
+            serve_http1(stream, shared, client, Some(target)).await;
+        }
+        Err(e) => {
+            if rejected_our_certificate(&e) {
+                interception.rules.rejected_by_client(&name);
+            }
+            log.abort();
+            debug!(error = %e, host = %name, "client TLS handshake failed");
+        }
+    }
+}
+
+fn server_config(leaf: Arc<CertifiedKey>, alpn: bool) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Leaf(leaf)));
+    if alpn {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    Ok(Arc::new(config))
+}
+
+/// The one certificate of an intercepted connection.
+#[derive(Debug)]
+struct Leaf(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Leaf {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// The client's alert says it does not trust the certificate: it pins, or
+/// ferryman's CA is not installed there.
+fn rejected_our_certificate(error: &std::io::Error) -> bool {
+    matches!(
+        error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::UnsupportedCertificate
+        ))
+    )
+}

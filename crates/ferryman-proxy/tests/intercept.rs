@@ -1,0 +1,254 @@
+//! HTTPS interception: inside CONNECT, TLS is terminated with a leaf from
+//! ferryman's CA and each request is an exchange of its own.
+
+mod common;
+
+use common::{curl, intercepting_proxy, LIMIT};
+use ferryman_proxy::{InterceptConfig, InterceptMode};
+use ferryman_testkit::backend::{full, Backend, RawBackend};
+use ferryman_testkit::raw::Raw;
+use ferryman_testkit::tls::TestCa;
+use ferryman_testkit::{pattern, within};
+use http::Response;
+use http_body_util::BodyExt;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn all() -> InterceptConfig {
+    InterceptConfig::default()
+}
+
+/// A TLS backend that answers with the path and the Via it saw.
+async fn tls_backend(ca: &TestCa) -> Backend {
+    Backend::start_tls(ca.server_config(&[b"http/1.1"]), |req| async move {
+        if req.uri().path() == "/upload" {
+            let body = req.into_body().collect().await.map(|b| b.to_bytes().len());
+            return Response::new(full(format!("got {}", body.unwrap_or(0))));
+        }
+        let via = req
+            .headers()
+            .get("via")
+            .map_or("", |v| v.to_str().unwrap_or(""))
+            .to_string();
+        Response::new(full(format!("secure {} via={via}", req.uri().path())))
+    })
+    .await
+}
+
+/// curl through `proxy`, trusting only the CA ferryman keeps in `dir`.
+async fn curl_trusting_ferryman(
+    proxy: &ferryman_proxy::RunningProxy,
+    dir: &tempfile::TempDir,
+    args: &[&str],
+) -> (bool, Vec<u8>, String) {
+    let proxy_url = format!("http://{}", proxy.local_addr());
+    let ca = dir.path().join("ferryman-ca.pem").display().to_string();
+    let mut all = vec!["-x", &proxy_url, "--cacert", &ca];
+    all.extend_from_slice(args);
+    curl(&all).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_sees_inside_https_with_only_the_ferryman_ca_trusted() {
+    let backend_ca = TestCa::new();
+    let backend = tls_backend(&backend_ca).await;
+    let (proxy, dir) = intercepting_proxy(&[backend_ca.pem_path()], false, all()).await;
+    let url = format!("https://127.0.0.1:{}/inside", backend.addr.port());
+    let (ok, body, err) = curl_trusting_ferryman(&proxy, &dir, &["-D", "-", &url]).await;
+    assert!(ok, "{err}");
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("secure /inside via=1.1 ferryman-"),
+        "the upstream saw ferryman: {text}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("\nvia: 1.1 ferryman-"),
+        "the client saw ferryman: {text}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20_mib_upload_with_expect_continue_inside_interception() {
+    let backend_ca = TestCa::new();
+    let backend = tls_backend(&backend_ca).await;
+    let (proxy, dir) = intercepting_proxy(&[backend_ca.pem_path()], false, all()).await;
+    let files = tempfile::tempdir().unwrap();
+    let file = files.path().join("upload.bin");
+    std::fs::write(&file, pattern(20 * 1024 * 1024)).unwrap();
+    let (ok, body, err) = curl_trusting_ferryman(
+        &proxy,
+        &dir,
+        &[
+            "-v",
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            &format!("https://127.0.0.1:{}/upload", backend.addr.port()),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(err.contains("HTTP/1.1 100 Continue"), "{err}");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("got {}", 20 * 1024 * 1024)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_untrusted_upstream_gets_502_with_the_reason_unless_insecure() {
+    let backend_ca = TestCa::new();
+    let backend = tls_backend(&backend_ca).await;
+    let url = format!("https://127.0.0.1:{}/x", backend.addr.port());
+    let (proxy, dir) = intercepting_proxy(&[], false, all()).await;
+    let (ok, body, err) = curl_trusting_ferryman(&proxy, &dir, &["-w", "%{http_code}", &url]).await;
+    assert!(ok, "{err}");
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("UnknownIssuer") && text.ends_with("502"),
+        "{text}"
+    );
+    proxy.shutdown().await;
+
+    let (insecure, dir) = intercepting_proxy(&[], true, all()).await;
+    let (ok, body, err) = curl_trusting_ferryman(&insecure, &dir, &[&url]).await;
+    assert!(ok, "{err}");
+    assert!(String::from_utf8(body).unwrap().starts_with("secure /x"));
+    insecure.shutdown().await;
+}
+
+/// CONNECT, then a TLS handshake trusting only `roots`; Ok(body of GET /pin).
+async fn pinned_get(
+    proxy: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    roots: &TestCa,
+) -> Result<String, String> {
+    let mut raw = Raw::connect(proxy).await;
+    raw.send(format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    let connector = tokio_rustls::TlsConnector::from(roots.client_config());
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector
+        .connect(name, raw.stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(b"GET /pin HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn a_pinning_client_is_passed_through_from_its_next_connection() {
+    let backend_ca = TestCa::new();
+    let backend = tls_backend(&backend_ca).await;
+    let rules = InterceptConfig {
+        auto_passthrough: true,
+        ..InterceptConfig::default()
+    };
+    let (proxy, _dir) = intercepting_proxy(&[backend_ca.pem_path()], false, rules).await;
+    let first = pinned_get(proxy.local_addr(), backend.addr, &backend_ca).await;
+    assert!(
+        first.is_err(),
+        "the pinning client refuses ferryman's certificate: {first:?}"
+    );
+    let second = within(
+        LIMIT,
+        "second try",
+        pinned_get(proxy.local_addr(), backend.addr, &backend_ca),
+    )
+    .await
+    .expect("passed through untouched");
+    assert!(
+        second.contains("secure /pin via=\r\n") || second.ends_with("secure /pin via="),
+        "not intercepted: {second}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_auto_passthrough_a_pinning_client_keeps_failing() {
+    let backend_ca = TestCa::new();
+    let backend = tls_backend(&backend_ca).await;
+    let (proxy, _dir) = intercepting_proxy(&[backend_ca.pem_path()], false, all()).await;
+    for _ in 0..2 {
+        assert!(pinned_get(proxy.local_addr(), backend.addr, &backend_ca)
+            .await
+            .is_err());
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_server_that_speaks_first_reaches_the_client_at_once() {
+    let backend = RawBackend::start(|mut conn, _| async move {
+        conn.send(b"220 banner from the server\r\n").await;
+        let echoed = conn.read_exact(4).await;
+        conn.send(&echoed).await;
+    })
+    .await;
+    let (proxy, _dir) = intercepting_proxy(&[], false, all()).await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", backend.addr).as_bytes())
+        .await;
+    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    let banner = within(LIMIT, "the banner", raw.read_exact(28)).await;
+    assert_eq!(banner, b"220 banner from the server\r\n");
+    raw.send(b"EHLO").await;
+    assert_eq!(within(LIMIT, "echo", raw.read_exact(4)).await, b"EHLO");
+    drop(raw);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn plain_http_inside_connect_is_intercepted_too() {
+    let backend = Backend::start(|req| async move {
+        let via = req
+            .headers()
+            .get("via")
+            .map_or("", |v| v.to_str().unwrap_or(""))
+            .to_string();
+        Response::new(full(format!("{} via={via}", req.uri().path())))
+    })
+    .await;
+    let (proxy, _dir) = intercepting_proxy(&[], false, all()).await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", backend.addr).as_bytes())
+        .await;
+    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    for path in ["/one", "/two"] {
+        raw.send(format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", backend.addr).as_bytes())
+            .await;
+        let (head, body) = within(LIMIT, "answer", raw.read_response(false)).await;
+        assert_eq!(head.status, 200);
+        let body = String::from_utf8(body.unwrap()).unwrap();
+        assert!(
+            body.starts_with(&format!("{path} via=1.1 ferryman-")),
+            "{body}"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn mode_none_leaves_tunnels_alone() {
+    let backend_ca = TestCa::new();
+    let backend = tls_backend(&backend_ca).await;
+    let rules = InterceptConfig {
+        mode: InterceptMode::None,
+        ..InterceptConfig::default()
+    };
+    let (proxy, _dir) = intercepting_proxy(&[], false, rules).await;
+    let body = pinned_get(proxy.local_addr(), backend.addr, &backend_ca)
+        .await
+        .expect("end-to-end TLS");
+    assert!(body.contains("secure /pin via="), "{body}");
+    assert!(!body.contains("ferryman"), "{body}");
+    proxy.shutdown().await;
+}
