@@ -10,7 +10,7 @@ use ferryman_http::headers::Via;
 use ferryman_http::Target;
 use ferryman_http::{UpstreamClient, UpstreamConfig};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -230,15 +230,24 @@ impl RunningProxy {
 
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    serve_http1(stream, shared, peer, None).await;
+    serve_http(stream, Protocol::Http1, shared, peer, None).await;
 }
 
-/// Serves HTTP/1.1 on `io` until the client is done: a client connection
-/// to the proxy (`intercepted` None), or the inside of an intercepted
-/// tunnel, whose every request goes to `intercepted`. On shutdown, idle
-/// keep-alive connections close and in-flight exchanges finish.
-pub(crate) async fn serve_http1<IO>(
+/// The HTTP version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    /// Only inside intercepted TLS, after ALPN chose it.
+    Http2,
+}
+
+/// Serves `io` until the client is done: a client connection to the proxy
+/// (`intercepted` None), or the inside of an intercepted tunnel, whose
+/// every request goes to `intercepted`. On shutdown, idle connections close
+/// and in-flight exchanges finish.
+pub(crate) async fn serve_http<IO>(
     io: IO,
+    protocol: Protocol,
     shared: Arc<Shared>,
     client: SocketAddr,
     intercepted: Option<Target>,
@@ -248,11 +257,6 @@ pub(crate) async fn serve_http1<IO>(
     let config = shared.common.config.clone();
     let stopping = shared.common.stopping.clone();
     let hard_stop = shared.common.hard_stop.clone();
-    let io = TokioIo::new(FramingGuard::new(
-        io,
-        config.max_header_bytes,
-        config.max_headers,
-    ));
     let handler = Handler {
         shared,
         client,
@@ -262,22 +266,30 @@ pub(crate) async fn serve_http1<IO>(
         let handler = handler.clone();
         async move { Ok::<_, Infallible>(handler.handle(req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.client_idle_timeout)
-        .max_headers(config.max_headers)
-        .max_header_size(config.max_header_bytes)
-        .serve_connection(io, service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = stopping.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                result = conn.as_mut() => result,
-                _ = hard_stop.cancelled() => Ok(()),
-            }
+    let result = match protocol {
+        Protocol::Http1 => {
+            let io = TokioIo::new(FramingGuard::new(
+                io,
+                config.max_header_bytes,
+                config.max_headers,
+            ));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.client_idle_timeout)
+                .max_headers(config.max_headers)
+                .max_header_size(config.max_header_bytes)
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            drain(conn, |c| c.graceful_shutdown(), &stopping, &hard_stop).await
+        }
+        Protocol::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+                .serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            drain(conn, |c| c.graceful_shutdown(), &stopping, &hard_stop).await
         }
     };
     if let Err(e) = result {
@@ -287,6 +299,27 @@ pub(crate) async fn serve_http1<IO>(
             // The client went away, timed out or reset: expected, not an error.
             debug!(%client, error = %e, "client connection ended");
         }
+    }
+}
+
+/// Runs a connection to its end; once shutdown starts it is asked to finish
+/// gracefully, and it is dropped when the grace period is over.
+async fn drain<C>(
+    mut conn: std::pin::Pin<&mut C>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    stopping: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> hyper::Result<()>
+where
+    C: std::future::Future<Output = hyper::Result<()>>,
+{
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        _ = stopping.cancelled() => graceful(conn.as_mut()),
+    }
+    tokio::select! {
+        result = conn => result,
+        _ = hard_stop.cancelled() => Ok(()),
     }
 }
 

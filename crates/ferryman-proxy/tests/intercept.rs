@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::{curl, intercepting_proxy, LIMIT};
 use ferryman_proxy::{InterceptConfig, InterceptMode};
 use ferryman_testkit::backend::{full, Backend, RawBackend};
@@ -54,7 +56,8 @@ async fn curl_sees_inside_https_with_only_the_ferryman_ca_trusted() {
     let backend = tls_backend(&backend_ca).await;
     let (proxy, dir) = intercepting_proxy(&[backend_ca.pem_path()], false, all()).await;
     let url = format!("https://127.0.0.1:{}/inside", backend.addr.port());
-    let (ok, body, err) = curl_trusting_ferryman(&proxy, &dir, &["-D", "-", &url]).await;
+    let (ok, body, err) =
+        curl_trusting_ferryman(&proxy, &dir, &["--http1.1", "-D", "-", &url]).await;
     assert!(ok, "{err}");
     let text = String::from_utf8(body).unwrap();
     assert!(
@@ -69,6 +72,30 @@ async fn curl_sees_inside_https_with_only_the_ferryman_ca_trusted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_gets_http2_inside_translated_to_http1_upstream() {
+    let backend_ca = TestCa::new();
+    let backend = tls_backend(&backend_ca).await;
+    let (proxy, dir) = intercepting_proxy(&[backend_ca.pem_path()], false, all()).await;
+    let url = format!("https://127.0.0.1:{}/h2", backend.addr.port());
+    for (flag, version, via) in [
+        ("--http2", "2", "2 ferryman-"),
+        ("--http1.1", "1.1", "1.1 ferryman-"),
+    ] {
+        let (ok, body, err) =
+            curl_trusting_ferryman(&proxy, &dir, &[flag, "-w", "\n%{http_version}", &url]).await;
+        assert!(ok, "{err}");
+        let text = String::from_utf8(body).unwrap();
+        let (answer, negotiated) = text.rsplit_once('\n').unwrap();
+        assert_eq!(negotiated, version, "{flag}");
+        assert!(
+            answer.starts_with(&format!("secure /h2 via={via}")),
+            "{flag}: {answer}"
+        );
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20_mib_upload_with_expect_continue_inside_interception() {
     let backend_ca = TestCa::new();
     let backend = tls_backend(&backend_ca).await;
@@ -76,10 +103,13 @@ async fn a_20_mib_upload_with_expect_continue_inside_interception() {
     let files = tempfile::tempdir().unwrap();
     let file = files.path().join("upload.bin");
     std::fs::write(&file, pattern(20 * 1024 * 1024)).unwrap();
+    // HTTP/1.1: hyper's HTTP/2 server cannot send a 100, so an h2 client
+    // sends its body after its own wait instead (checked below).
     let (ok, body, err) = curl_trusting_ferryman(
         &proxy,
         &dir,
         &[
+            "--http1.1",
             "-v",
             "-H",
             "Expect: 100-continue",
@@ -91,6 +121,22 @@ async fn a_20_mib_upload_with_expect_continue_inside_interception() {
     .await;
     assert!(ok, "{err}");
     assert!(err.contains("HTTP/1.1 100 Continue"), "{err}");
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        format!("got {}", 20 * 1024 * 1024)
+    );
+    let upload = format!("@{}", file.display());
+    let url = format!("https://127.0.0.1:{}/upload", backend.addr.port());
+    let h2 = [
+        "--http2",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &upload,
+        &url,
+    ];
+    let (ok, body, err) = curl_trusting_ferryman(&proxy, &dir, &h2).await;
+    assert!(ok, "{err}");
     assert_eq!(
         String::from_utf8(body).unwrap(),
         format!("got {}", 20 * 1024 * 1024)
@@ -250,5 +296,59 @@ async fn mode_none_leaves_tunnels_alone() {
         .expect("end-to-end TLS");
     assert!(body.contains("secure /pin via="), "{body}");
     assert!(!body.contains("ferryman"), "{body}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn websocket_over_intercepted_tls_echoes() {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let backend_ca = TestCa::new();
+    let backend = Backend::start_tls(
+        backend_ca.server_config(&[b"http/1.1"]),
+        ferryman_testkit::backend::websocket_echo,
+    )
+    .await;
+    let (proxy, dir) = intercepting_proxy(&[backend_ca.pem_path()], false, all()).await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", backend.addr).as_bytes())
+        .await;
+    assert_eq!(raw.read_head().await.unwrap().status, 200);
+
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(dir.path().join("ferryman-ca.pem")).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tls = connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), raw.stream)
+        .await
+        .expect("ferryman's leaf, trusted through its CA");
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tls.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(tls, Role::Client, None).await;
+    ferryman_testkit::websocket_roundtrip(&mut ws, &["over", "tls"]).await;
+    ws.close(None).await.unwrap();
+    drop(ws);
     proxy.shutdown().await;
 }

@@ -4,18 +4,14 @@
 mod common;
 
 use common::{curl, proxy, LIMIT};
-use ferryman_testkit::backend::{empty, full, Backend, RawBackend};
+use ferryman_testkit::backend::{full, websocket_echo, Backend, RawBackend};
 use ferryman_testkit::raw::Raw;
 use ferryman_testkit::tls::TestCa;
 use ferryman_testkit::within;
-use futures_util::{SinkExt, StreamExt};
-use http::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use http::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,38 +103,9 @@ async fn connect_to_a_closed_port_gets_502_and_the_connection_ends() {
     proxy.shutdown().await;
 }
 
-async fn websocket_echo_backend() -> Backend {
-    Backend::start(|mut req| async move {
-        let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-            return Response::new(full("not a websocket request"));
-        };
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            let Ok(upgraded) = on_upgrade.await else {
-                return;
-            };
-            let mut ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            while let Some(Ok(msg)) = ws.next().await {
-                if msg.is_text() && ws.send(msg).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
-            .body(empty())
-            .unwrap()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn websocket_echo_through_the_proxy() {
-    let backend = websocket_echo_backend().await;
+    let backend = Backend::start(websocket_echo).await;
     let proxy = proxy().await;
     let mut raw = Raw::connect(proxy.local_addr()).await;
     raw.send(
@@ -159,11 +126,7 @@ async fn websocket_echo_through_the_proxy() {
         Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
     );
     let mut ws = WebSocketStream::from_raw_socket(raw.stream, Role::Client, None).await;
-    for text in ["one", "two", "three"] {
-        ws.send(Message::text(text)).await.unwrap();
-        let echoed = within(LIMIT, "echo", ws.next()).await.unwrap().unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
-    }
+    ferryman_testkit::websocket_roundtrip(&mut ws, &["one", "two", "three"]).await;
     ws.close(None).await.unwrap();
     drop(ws);
     proxy.shutdown().await;

@@ -243,3 +243,39 @@ impl Drop for RawBackend {
         self.task.abort();
     }
 }
+
+/// A WebSocket echo server as a backend handler: answers the upgrade, then
+/// echoes text messages.
+pub async fn websocket_echo(mut req: Request<Incoming>) -> Response<TestBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::new(full("not a websocket request"));
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(http::StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(empty())
+        .unwrap_or_else(|_| Response::new(empty()))
+}

@@ -40,6 +40,24 @@ pub fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Sends each text over `ws` and checks it comes back.
+pub async fn websocket_roundtrip<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, texts: &[&str])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    for text in texts {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(*text))
+            .await
+            .expect("send");
+        let echoed = within(Duration::from_secs(10), "echo", ws.next())
+            .await
+            .expect("an answer")
+            .expect("a message");
+        assert_eq!(echoed.into_text().expect("text").as_str(), *text);
+    }
+}
+
 /// Open file descriptors of this process (sockets included).
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())

@@ -24,8 +24,11 @@ pub use rules::{InterceptConfig, InterceptMode};
 
 use crate::access::{AccessLog, Kind};
 use crate::handler::Shared;
-use crate::server::serve_http1;
+use crate::server::{serve_http, Protocol};
 use crate::tunnel::{record, relay_bytes};
+
+/// The protocols served inside intercepted TLS, most preferred first.
+const SPOKEN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -93,7 +96,8 @@ pub(crate) async fn run(
             log.set_kind(Kind::InterceptedHttp);
             drop(upstream);
             let io = crate::tunnel::Prefixed::new(early, socket);
-            serve_http1(io, shared, client, Some(Target::http(authority))).await;
+            let target = Some(Target::http(authority));
+            serve_http(io, Protocol::Http1, shared, client, target).await;
         }
         _ => record(relay_bytes(socket, upstream, &early).await, &log),
     }
@@ -149,14 +153,19 @@ async fn tls(
     let name = hello
         .server_name()
         .map_or_else(|| authority.host().to_string(), str::to_string);
-    let alpn: Option<Vec<Vec<u8>>> = hello
-        .alpn()
-        .map(|offered| offered.map(<[u8]>::to_vec).collect());
-    // HTTP/1.1 only for now: a client that cannot speak it keeps its tunnel.
-    let speaks_http1 = alpn
-        .as_ref()
-        .is_none_or(|list| list.iter().any(|p| p == b"http/1.1"));
-    if !speaks_http1 || !interception.intercepts(&name) {
+    // What ferryman can speak inside, in the client's terms: HTTP/2 and
+    // HTTP/1.1 are served (and sent upstream as HTTP/1.1); a client that
+    // wants neither keeps its tunnel.
+    let offer: Option<Vec<Vec<u8>>> = hello.alpn().map(|offered| {
+        let offered: Vec<&[u8]> = offered.collect();
+        SPOKEN
+            .iter()
+            .filter(|p| offered.contains(p))
+            .map(|p| p.to_vec())
+            .collect()
+    });
+    let understood = offer.as_ref().is_none_or(|list| !list.is_empty());
+    if !understood || !interception.intercepts(&name) {
         record(relay_bytes(socket, upstream, &hello_bytes).await, &log);
         return;
     }
@@ -170,7 +179,7 @@ async fn tls(
     };
     // The upstream is reached through the pool, verified there.
     drop(upstream);
-    let config = match server_config(leaf, alpn.is_some()) {
+    let config = match server_config(leaf, offer.unwrap_or_default()) {
         Ok(config) => config,
         Err(e) => {
             debug!(error = %e, "cannot build the interception TLS config");
@@ -183,11 +192,15 @@ async fn tls(
     {
         Ok(stream) => {
             log.set_kind(Kind::InterceptedTls);
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
             let target = Target {
                 authority,
                 https: true,
             };
-            serve_http1(stream, shared, client, Some(target)).await;
+            serve_http(stream, protocol, shared, client, Some(target)).await;
         }
         Err(e) => {
             if rejected_our_certificate(&e) {
@@ -199,15 +212,16 @@ async fn tls(
     }
 }
 
-fn server_config(leaf: Arc<CertifiedKey>, alpn: bool) -> Result<Arc<ServerConfig>, rustls::Error> {
+fn server_config(
+    leaf: Arc<CertifiedKey>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Leaf(leaf)));
-    if alpn {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    }
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
 
