@@ -310,28 +310,7 @@ async fn websocket_over_intercepted_tls_echoes() {
     )
     .await;
     let (proxy, dir) = intercepting_proxy(&[backend_ca.pem_path()], false, all()).await;
-    let mut raw = Raw::connect(proxy.local_addr()).await;
-    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", backend.addr).as_bytes())
-        .await;
-    assert_eq!(raw.read_head().await.unwrap().status, 200);
-
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(dir.path().join("ferryman-ca.pem")).unwrap();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let mut tls = connector
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), raw.stream)
-        .await
-        .expect("ferryman's leaf, trusted through its CA");
+    let mut tls = intercepted_tls(&proxy, &dir, backend.addr).await;
     tls.write_all(
         b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -350,5 +329,83 @@ async fn websocket_over_intercepted_tls_echoes() {
     ferryman_testkit::websocket_roundtrip(&mut ws, &["over", "tls"]).await;
     ws.close(None).await.unwrap();
     drop(ws);
+    proxy.shutdown().await;
+}
+
+/// CONNECT to `target` through `proxy`, then TLS trusting only ferryman's CA.
+async fn intercepted_tls(
+    proxy: &ferryman_proxy::RunningProxy,
+    dir: &tempfile::TempDir,
+    target: std::net::SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(dir.path().join("ferryman-ca.pem")).unwrap();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), raw.stream)
+        .await
+        .expect("ferryman's leaf, trusted through its CA")
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one_inside_interception() {
+    let backend_ca = TestCa::new();
+    let (feed_tx, mut feed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let backend = Backend::start_tls(backend_ca.server_config(&[b"http/1.1"]), move |_| {
+        let feed_tx = feed_tx.clone();
+        async move {
+            let (events, body) = ferryman_testkit::backend::channel_body();
+            let _ = feed_tx.send(events);
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap()
+        }
+    })
+    .await;
+    let (proxy, dir) = intercepting_proxy(&[backend_ca.pem_path()], false, all()).await;
+    let tls = intercepted_tls(&proxy, &dir, backend.addr).await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/events")
+        .header("host", "127.0.0.1")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let events = feed_rx.recv().await.unwrap();
+    for n in 1..=3 {
+        let event = format!("data: event {n}\n\n");
+        events
+            .send(Ok(bytes::Bytes::from(event.clone())))
+            .await
+            .unwrap();
+        // The next event is only produced once this one reached the client.
+        let frame = within(LIMIT, "the event at the client", body.frame())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(frame.into_data().unwrap(), event.as_bytes());
+    }
+    drop(events);
+    drop(body);
+    drop(sender);
     proxy.shutdown().await;
 }
