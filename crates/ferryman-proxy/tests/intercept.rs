@@ -363,19 +363,8 @@ async fn intercepted_tls(
 #[tokio::test]
 async fn server_sent_events_arrive_one_by_one_inside_interception() {
     let backend_ca = TestCa::new();
-    let (feed_tx, mut feed_rx) = tokio::sync::mpsc::unbounded_channel();
-    let backend = Backend::start_tls(backend_ca.server_config(&[b"http/1.1"]), move |_| {
-        let feed_tx = feed_tx.clone();
-        async move {
-            let (events, body) = ferryman_testkit::backend::channel_body();
-            let _ = feed_tx.send(events);
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body)
-                .unwrap()
-        }
-    })
-    .await;
+    let (handler, mut feed_rx) = ferryman_testkit::backend::event_stream();
+    let backend = Backend::start_tls(backend_ca.server_config(&[b"http/1.1"]), handler).await;
     let (proxy, dir) = intercepting_proxy(&[backend_ca.pem_path()], false, all()).await;
     let tls = intercepted_tls(&proxy, &dir, backend.addr).await;
     let (mut sender, conn) =

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{proxy, LIMIT};
-use ferryman_testkit::backend::{channel_body, full, Backend, RawBackend};
+use ferryman_testkit::backend::{channel_body, event_stream, full, Backend, RawBackend};
 use ferryman_testkit::raw::Raw;
 use ferryman_testkit::{eventually, open_fds, within};
 use http::Response;
@@ -58,19 +58,8 @@ async fn request_body_reaches_the_upstream_chunk_by_chunk() {
 
 #[tokio::test]
 async fn server_sent_events_arrive_one_by_one() {
-    let (feed_tx, mut feed_rx) = mpsc::unbounded_channel();
-    let backend = Backend::start(move |_| {
-        let feed_tx = feed_tx.clone();
-        async move {
-            let (events, body) = channel_body();
-            let _ = feed_tx.send(events);
-            Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body)
-                .unwrap()
-        }
-    })
-    .await;
+    let (handler, mut feed_rx) = event_stream();
+    let backend = Backend::start(handler).await;
     let proxy = proxy().await;
     let mut raw = Raw::connect(proxy.local_addr()).await;
     raw.send(format!("GET {} HTTP/1.1\r\nHost: b\r\n\r\n", backend.url("/events")).as_bytes())

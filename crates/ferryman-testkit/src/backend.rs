@@ -54,6 +54,29 @@ impl http_body::Body for ChannelBody {
     }
 }
 
+/// The event senders of an [`event_stream`] backend, one per request.
+pub type EventFeeds =
+    tokio::sync::mpsc::UnboundedReceiver<tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>>;
+
+/// A handler answering every request with a `text/event-stream` the test
+/// writes to, through the sender it receives from the returned feeds.
+pub fn event_stream() -> (
+    impl Fn(Request<Incoming>) -> std::future::Ready<Response<TestBody>> + Send + Sync + 'static,
+    EventFeeds,
+) {
+    let (feed_tx, feeds) = tokio::sync::mpsc::unbounded_channel();
+    let handler = move |_| {
+        let (events, body) = channel_body();
+        let _ = feed_tx.send(events);
+        let response = Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap_or_else(|_| Response::new(empty()));
+        std::future::ready(response)
+    };
+    (handler, feeds)
+}
+
 /// What reached the backend.
 #[derive(Default)]
 pub struct Seen {
