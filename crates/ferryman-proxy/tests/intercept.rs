@@ -398,3 +398,26 @@ async fn server_sent_events_arrive_one_by_one_inside_interception() {
     drop(sender);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_speaking_a_text_protocol_first_keeps_a_plain_tunnel() {
+    const BANNER: &[u8] = b"SSH-2.0-client\r\n";
+    // Waits for the client's banner before saying anything.
+    let backend = RawBackend::start(|mut conn, _| async move {
+        let banner = conn.read_exact(BANNER.len()).await;
+        conn.send(&banner).await;
+    })
+    .await;
+    let (proxy, _dir) = intercepting_proxy(&[], false, all()).await;
+    let mut raw = Raw::connect(proxy.local_addr()).await;
+    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", backend.addr).as_bytes())
+        .await;
+    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    raw.send(BANNER).await;
+    assert_eq!(
+        within(LIMIT, "the echo", raw.read_exact(BANNER.len())).await,
+        BANNER
+    );
+    drop(raw);
+    proxy.shutdown().await;
+}

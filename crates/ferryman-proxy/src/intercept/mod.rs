@@ -12,7 +12,7 @@ use std::sync::Arc;
 use ferryman_http::Target;
 use ferryman_tls::{CertificateAuthority, CertifiedKey};
 use http::uri::Authority;
-use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::server::{Accepted, Acceptor, ClientHello, ResolvesServerCert};
 use rustls::{AlertDescription, ServerConfig};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -26,6 +26,32 @@ use crate::access::{AccessLog, Kind};
 use crate::handler::Shared;
 use crate::server::{serve_http, Protocol};
 use crate::tunnel::{record, relay_bytes};
+
+/// Reads the ClientHello, keeping every byte read in `bytes`; None when the
+/// client closes, sends something rustls cannot parse, or too much.
+async fn read_client_hello(socket: &mut TcpStream, bytes: &mut Vec<u8>) -> Option<Accepted> {
+    let mut acceptor = Acceptor::default();
+    let mut fed = 0;
+    loop {
+        while fed < bytes.len() {
+            match acceptor.read_tls(&mut &bytes[fed..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => fed += n,
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Some(accepted),
+            Ok(None) if bytes.len() < MAX_CLIENT_HELLO => {
+                let mut chunk = [0u8; 4096];
+                match socket.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                }
+            }
+            _ => return None,
+        }
+    }
+}
 
 /// The protocols served inside intercepted TLS, most preferred first.
 const SPOKEN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -67,47 +93,55 @@ pub(crate) async fn run(
 ) {
     // Whoever speaks first decides: a server banner (SMTP, SSH...) means a
     // plain tunnel, at once, without waiting on the client.
-    let first = match early.first() {
-        Some(&byte) => Some(byte),
-        None => tokio::select! {
+    let mut first = [0u8; 8];
+    let seen = if early.is_empty() {
+        tokio::select! {
             readable = socket.readable() => match readable {
-                Ok(()) => peek_byte(&socket).await,
-                Err(_) => None,
+                Ok(()) => socket.peek(&mut first).await.unwrap_or(0),
+                Err(_) => 0,
             },
-            _ = upstream.readable() => None,
-        },
+            _ = upstream.readable() => 0,
+        }
+    } else {
+        let n = early.len().min(first.len());
+        first[..n].copy_from_slice(&early[..n]);
+        n
     };
-    match first {
-        Some(TLS_HANDSHAKE) => {
-            tls(
-                shared,
-                &interception,
-                client,
-                socket,
-                early,
-                upstream,
-                authority,
-                log,
-            )
-            .await
-        }
-        Some(byte) if byte.is_ascii_uppercase() => {
-            // Plain HTTP inside the tunnel: served here, sent to the target.
-            log.set_kind(Kind::InterceptedHttp);
-            drop(upstream);
-            let io = crate::tunnel::Prefixed::new(early, socket);
-            let target = Some(Target::http(authority));
-            serve_http(io, Protocol::Http1, shared, client, target).await;
-        }
-        _ => record(relay_bytes(socket, upstream, &early).await, &log),
+    let first = &first[..seen];
+    if first.first() == Some(&TLS_HANDSHAKE) {
+        tls(
+            shared,
+            &interception,
+            client,
+            socket,
+            early,
+            upstream,
+            authority,
+            log,
+        )
+        .await
+    } else if looks_like_http(first) {
+        // Plain HTTP inside the tunnel: served here, sent to the target.
+        log.set_kind(Kind::InterceptedHttp);
+        drop(upstream);
+        let io = crate::tunnel::Prefixed::new(early, socket);
+        let target = Some(Target::http(authority));
+        serve_http(io, Protocol::Http1, shared, client, target).await;
+    } else {
+        record(relay_bytes(socket, upstream, &early).await, &log)
     }
 }
 
-async fn peek_byte(socket: &TcpStream) -> Option<u8> {
-    let mut byte = [0u8; 1];
-    match socket.peek(&mut byte).await {
-        Ok(1) => Some(byte[0]),
-        _ => None,
+/// An HTTP request starts with a method token, uppercase letters, then a
+/// space. Other text protocols whose clients speak first ("SSH-2.0-...")
+/// must not be mistaken for it.
+fn looks_like_http(first: &[u8]) -> bool {
+    let method = first.iter().take_while(|b| b.is_ascii_uppercase()).count();
+    match first.get(method) {
+        Some(b' ') => method >= 3,
+        // All letters so far: a method cut short by the read.
+        None => method > 0,
+        Some(_) => false,
     }
 }
 
@@ -125,29 +159,17 @@ async fn tls(
     // Read the ClientHello ourselves, keeping its bytes, so the tunnel can
     // still be passed through untouched once we know what the client wants.
     let mut hello_bytes = early.to_vec();
-    let mut acceptor = Acceptor::default();
-    let mut fed = 0;
-    let accepted = loop {
-        while fed < hello_bytes.len() {
-            match acceptor.read_tls(&mut &hello_bytes[fed..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => fed += n,
-            }
+    let wait = shared.common.config.client_idle_timeout;
+    let read_hello = read_client_hello(&mut socket, &mut hello_bytes);
+    let accepted = match tokio::time::timeout(wait, read_hello).await {
+        Ok(Some(accepted)) => accepted,
+        // Not TLS we can parse, or too big: a plain tunnel, bytes untouched.
+        Ok(None) => {
+            record(relay_bytes(socket, upstream, &hello_bytes).await, &log);
+            return;
         }
-        match acceptor.accept() {
-            Ok(Some(accepted)) => break accepted,
-            Ok(None) if hello_bytes.len() < MAX_CLIENT_HELLO => {
-                let mut chunk = [0u8; 4096];
-                match socket.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => hello_bytes.extend_from_slice(&chunk[..n]),
-                }
-            }
-            _ => {
-                record(relay_bytes(socket, upstream, &hello_bytes).await, &log);
-                return;
-            }
-        }
+        // The client stalled mid-hello.
+        Err(_) => return,
     };
     let hello = accepted.client_hello();
     let name = hello
@@ -249,4 +271,20 @@ fn rejected_our_certificate(error: &std::io::Error) -> bool {
                 | AlertDescription::UnsupportedCertificate
         ))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_like_http;
+
+    #[test]
+    fn http_is_a_method_and_a_space() {
+        assert!(looks_like_http(b"GET / HT"));
+        assert!(looks_like_http(b"OPTIONS "));
+        assert!(looks_like_http(b"PO"));
+        assert!(!looks_like_http(b"SSH-2.0-"));
+        assert!(!looks_like_http(b"GE T"));
+        assert!(!looks_like_http(b"*1\r\n$4\r\n"));
+        assert!(!looks_like_http(b""));
+    }
 }
