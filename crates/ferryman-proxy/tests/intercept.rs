@@ -172,10 +172,7 @@ async fn pinned_get(
     target: std::net::SocketAddr,
     roots: &TestCa,
 ) -> Result<String, String> {
-    let mut raw = Raw::connect(proxy).await;
-    raw.send(format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await;
-    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    let raw = tunnel(proxy, target).await;
     let connector = tokio_rustls::TlsConnector::from(roots.client_config());
     let name = ServerName::try_from("127.0.0.1").unwrap();
     let mut tls = connector
@@ -240,10 +237,7 @@ async fn a_server_that_speaks_first_reaches_the_client_at_once() {
     })
     .await;
     let (proxy, _dir) = intercepting_proxy(&[], false, all()).await;
-    let mut raw = Raw::connect(proxy.local_addr()).await;
-    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", backend.addr).as_bytes())
-        .await;
-    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    let mut raw = tunnel(proxy.local_addr(), backend.addr).await;
     let banner = within(LIMIT, "the banner", raw.read_exact(28)).await;
     assert_eq!(banner, b"220 banner from the server\r\n");
     raw.send(b"EHLO").await;
@@ -264,10 +258,7 @@ async fn plain_http_inside_connect_is_intercepted_too() {
     })
     .await;
     let (proxy, _dir) = intercepting_proxy(&[], false, all()).await;
-    let mut raw = Raw::connect(proxy.local_addr()).await;
-    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", backend.addr).as_bytes())
-        .await;
-    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    let mut raw = tunnel(proxy.local_addr(), backend.addr).await;
     for path in ["/one", "/two"] {
         raw.send(format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", backend.addr).as_bytes())
             .await;
@@ -338,10 +329,7 @@ async fn intercepted_tls(
     dir: &tempfile::TempDir,
     target: std::net::SocketAddr,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut raw = Raw::connect(proxy.local_addr()).await;
-    raw.send(format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await;
-    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    let raw = tunnel(proxy.local_addr(), target).await;
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(dir.path().join("ferryman-ca.pem")).unwrap();
     for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
@@ -409,10 +397,7 @@ async fn a_client_speaking_a_text_protocol_first_keeps_a_plain_tunnel() {
     })
     .await;
     let (proxy, _dir) = intercepting_proxy(&[], false, all()).await;
-    let mut raw = Raw::connect(proxy.local_addr()).await;
-    raw.send(format!("CONNECT {} HTTP/1.1\r\nHost: x\r\n\r\n", backend.addr).as_bytes())
-        .await;
-    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    let mut raw = tunnel(proxy.local_addr(), backend.addr).await;
     raw.send(BANNER).await;
     assert_eq!(
         within(LIMIT, "the echo", raw.read_exact(BANNER.len())).await,
@@ -420,4 +405,13 @@ async fn a_client_speaking_a_text_protocol_first_keeps_a_plain_tunnel() {
     );
     drop(raw);
     proxy.shutdown().await;
+}
+
+/// A raw connection through `proxy`, after a successful CONNECT to `target`.
+async fn tunnel(proxy: std::net::SocketAddr, target: std::net::SocketAddr) -> Raw {
+    let mut raw = Raw::connect(proxy).await;
+    raw.send(format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    raw
 }
