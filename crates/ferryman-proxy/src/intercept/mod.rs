@@ -208,12 +208,13 @@ async fn tls(
             return;
         }
     };
+    // An interception from here on, whether or not the client accepts it.
+    log.set_kind(Kind::InterceptedTls);
     match StartHandshake::from_parts(accepted, socket)
         .into_stream(config)
         .await
     {
         Ok(stream) => {
-            log.set_kind(Kind::InterceptedTls);
             let protocol = match stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
