@@ -47,6 +47,7 @@ pub enum Direction {
 /// Told about the bytes of a body as they pass, and how the body ended.
 pub trait BodyObserver: Send + Sync {
     fn on_data(&self, direction: Direction, bytes: &Bytes);
+    fn on_trailers(&self, _direction: Direction, _trailers: &http::HeaderMap) {}
     /// `complete` is false when the body was abandoned or failed before its end.
     fn on_end(&self, direction: Direction, complete: bool);
 }
@@ -101,6 +102,8 @@ where
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     self.observer.on_data(self.direction, data);
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    self.observer.on_trailers(self.direction, trailers);
                 }
                 if self.inner.is_end_stream() {
                     self.end(true);

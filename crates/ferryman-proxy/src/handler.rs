@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ferryman_capture::{Capture, TlsFacts};
 use ferryman_http::body::{self, Direction, Gate, GatedBody, Observed};
 use ferryman_http::headers::{append_forwarded_for, strip_hop_by_hop, wants_upgrade, Via};
 use ferryman_http::upstream::UpstreamBody;
@@ -17,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::access::AccessLog;
+use crate::activity::Activity;
 use crate::auth::ProxyAuth;
 use crate::intercept::Interception;
+use crate::session::{SessionGuard, Sessions};
 use crate::ProxyConfig;
 use crate::{local, tunnel};
 
@@ -41,6 +43,8 @@ pub(crate) struct Common {
     /// Cancelled when shutdown starts: connections finish what they are
     /// doing and close.
     pub(crate) stopping: CancellationToken,
+    pub(crate) sessions: Sessions,
+    pub(crate) capture: Option<Capture>,
 }
 
 /// One worker thread's view: the common part plus its own upstream pool, so
@@ -56,9 +60,12 @@ pub(crate) type HandleFuture =
 #[derive(Clone)]
 pub(crate) struct Handler {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) client: SocketAddr,
+    /// What requests arrive on: a client connection or an intercepted tunnel.
+    pub(crate) parent: Arc<SessionGuard>,
     /// Inside an intercepted tunnel, where every request goes.
     pub(crate) intercepted: Option<Target>,
+    /// Inside intercepted TLS, what the handshake said.
+    pub(crate) tls: Option<Arc<TlsFacts>>,
 }
 
 impl Handler {
@@ -71,15 +78,33 @@ impl Handler {
                 Some(inside) => absolute(inside, req.uri()),
                 None => req.uri().clone(),
             };
-            let log = Arc::new(AccessLog::new(self.client, req.method().clone(), target));
-            let mut response = self.route(req, &log).await;
-            log.set_status(response.status());
+            let common = &self.shared.common;
+            let log = Arc::new(Activity::new(
+                &common.sessions,
+                &self.parent,
+                req.method().clone(),
+                target,
+                common.capture.as_ref(),
+            ));
+            log.request(req.version(), req.headers());
+            if let Some(tls) = &self.tls {
+                log.tls(TlsFacts::clone(tls));
+            }
+            let closed = log.session().cancelled().clone();
+            let mut response = tokio::select! {
+                response = self.route(req, &log) => response,
+                () = closed.cancelled() => {
+                    log.abort();
+                    local::text(StatusCode::SERVICE_UNAVAILABLE, "closed by the administrator")
+                }
+            };
+            log.respond(&response);
             *response.version_mut() = Version::HTTP_11;
             response.map(|b| Observed::new(b, log, Direction::Down))
         })
     }
 
-    async fn route(&self, req: Request<Incoming>, log: &Arc<AccessLog>) -> Response<ProxyBody> {
+    async fn route(&self, req: Request<Incoming>, log: &Arc<Activity>) -> Response<ProxyBody> {
         if let Some(target) = &self.intercepted {
             // Authenticated at CONNECT; everything inside goes to its target.
             return self.exchange(req, target.clone(), log).await;
@@ -101,13 +126,13 @@ impl Handler {
             );
         }
         if req.method() == Method::CONNECT {
-            tunnel::connect(&self.shared, self.client, req, log).await
+            tunnel::connect(&self.shared, req, log).await
         } else {
             self.forward(req, log).await
         }
     }
 
-    async fn forward(&self, req: Request<Incoming>, log: &Arc<AccessLog>) -> Response<ProxyBody> {
+    async fn forward(&self, req: Request<Incoming>, log: &Arc<Activity>) -> Response<ProxyBody> {
         let https = match req.uri().scheme() {
             Some(scheme) if *scheme == Scheme::HTTP => false,
             Some(scheme) if *scheme == Scheme::HTTPS => true,
@@ -129,7 +154,7 @@ impl Handler {
         &self,
         mut req: Request<Incoming>,
         target: Target,
-        log: &Arc<AccessLog>,
+        log: &Arc<Activity>,
     ) -> Response<ProxyBody> {
         let upgrade = wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -142,6 +167,7 @@ impl Handler {
             Ok(response) => self.downstream_response(response, client_upgrade, log),
             Err(e) => {
                 debug!(error = %e, authority = %target.authority, "upstream failed");
+                log.fail(&e);
                 local::text(e.status(), e)
             }
         }
@@ -155,7 +181,7 @@ impl Handler {
         req: Request<Incoming>,
         authority: &Authority,
         upgrade: bool,
-        log: &Arc<AccessLog>,
+        log: &Arc<Activity>,
     ) -> (Request<ProxyBody>, Option<Gate>) {
         let (mut parts, incoming) = req.into_parts();
         let expects_continue = parts
@@ -175,7 +201,7 @@ impl Handler {
         let common = &self.shared.common;
         common.via.append(&mut parts.headers, parts.version);
         if common.x_forwarded_for {
-            append_forwarded_for(&mut parts.headers, self.client.ip());
+            append_forwarded_for(&mut parts.headers, self.parent.client().ip());
         }
         parts.uri = origin_form(&parts.uri);
         parts.version = Version::HTTP_11;
@@ -202,7 +228,7 @@ impl Handler {
         &self,
         mut response: Response<UpstreamBody>,
         client_upgrade: Option<OnUpgrade>,
-        log: &Arc<AccessLog>,
+        log: &Arc<Activity>,
     ) -> Response<ProxyBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferryman_capture::{Capture, TlsFacts};
 use ferryman_http::headers::Via;
 use ferryman_http::Target;
 use ferryman_http::{UpstreamClient, UpstreamConfig};
@@ -20,10 +21,21 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::auth::ProxyAuth;
+use crate::counted::Counted;
 use crate::guard::FramingGuard;
 use crate::handler::{Common, Handler, Shared};
+use crate::session::{SessionGuard, Sessions};
 use crate::Interception;
 use crate::ProxyConfig;
+
+/// Where a proxy reports what it carries.
+#[derive(Clone)]
+pub struct Observers {
+    /// The connection table, shared by every inbound.
+    pub sessions: Sessions,
+    /// Exchange records and bodies; None when capture is off.
+    pub capture: Option<Capture>,
+}
 
 /// A bound forward-proxy listener, not yet serving.
 pub struct ForwardProxy {
@@ -37,6 +49,7 @@ pub struct ForwardProxy {
 /// A serving proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
 pub struct RunningProxy {
     local_addr: SocketAddr,
+    sessions: Sessions,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -49,6 +62,7 @@ impl ForwardProxy {
         upstream: UpstreamConfig,
         upstream_tls: Arc<rustls::ClientConfig>,
         interception: Option<Interception>,
+        observers: Observers,
     ) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
@@ -64,6 +78,8 @@ impl ForwardProxy {
             interception: interception.map(Arc::new),
             config: Arc::new(config.clone()),
             stopping: CancellationToken::new(),
+            sessions: observers.sessions,
+            capture: observers.capture,
         });
         Ok(Self {
             listener,
@@ -76,6 +92,10 @@ impl ForwardProxy {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.common.listen
+    }
+
+    pub fn sessions(&self) -> &Sessions {
+        &self.common.sessions
     }
 
     /// Serves on the current runtime until `shutdown` is cancelled, then
@@ -126,6 +146,7 @@ impl ForwardProxy {
 
     pub fn start(self, grace: Duration) -> RunningProxy {
         let local_addr = self.local_addr();
+        let sessions = self.sessions().clone();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -135,6 +156,7 @@ impl ForwardProxy {
         });
         RunningProxy {
             local_addr,
+            sessions,
             shutdown,
             task,
         }
@@ -219,6 +241,10 @@ impl RunningProxy {
         self.local_addr
     }
 
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// Stops gracefully and waits until everything is closed.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
@@ -230,7 +256,9 @@ impl RunningProxy {
 
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    serve_http(stream, Protocol::Http1, shared, peer, None).await;
+    let connection = shared.common.sessions.connection(peer);
+    let stream = Counted::new(stream, connection.clone());
+    serve_http(stream, Protocol::Http1, shared, connection, None, None).await;
 }
 
 /// The HTTP version a connection speaks.
@@ -244,23 +272,27 @@ pub(crate) enum Protocol {
 /// Serves `io` until the client is done: a client connection to the proxy
 /// (`intercepted` None), or the inside of an intercepted tunnel, whose
 /// every request goes to `intercepted`. On shutdown, idle connections close
-/// and in-flight exchanges finish.
+/// and in-flight exchanges finish; closing `parent` closes the connection.
 pub(crate) async fn serve_http<IO>(
     io: IO,
     protocol: Protocol,
     shared: Arc<Shared>,
-    client: SocketAddr,
+    parent: Arc<SessionGuard>,
     intercepted: Option<Target>,
+    tls: Option<TlsFacts>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = shared.common.config.clone();
     let stopping = shared.common.stopping.clone();
     let hard_stop = shared.common.hard_stop.clone();
+    let closed = parent.cancelled().clone();
+    let client = parent.client();
     let handler = Handler {
         shared,
-        client,
+        parent,
         intercepted,
+        tls: tls.map(Arc::new),
     };
     let service = service_fn(move |req| {
         let handler = handler.clone();
@@ -281,7 +313,14 @@ pub(crate) async fn serve_http<IO>(
                 .serve_connection(io, service)
                 .with_upgrades();
             tokio::pin!(conn);
-            drain(conn, |c| c.graceful_shutdown(), &stopping, &hard_stop).await
+            drain(
+                conn,
+                |c| c.graceful_shutdown(),
+                &stopping,
+                &hard_stop,
+                &closed,
+            )
+            .await
         }
         Protocol::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -289,7 +328,14 @@ pub(crate) async fn serve_http<IO>(
                 .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
                 .serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
-            drain(conn, |c| c.graceful_shutdown(), &stopping, &hard_stop).await
+            drain(
+                conn,
+                |c| c.graceful_shutdown(),
+                &stopping,
+                &hard_stop,
+                &closed,
+            )
+            .await
         }
     };
     if let Err(e) = result {
@@ -303,12 +349,14 @@ pub(crate) async fn serve_http<IO>(
 }
 
 /// Runs a connection to its end; once shutdown starts it is asked to finish
-/// gracefully, and it is dropped when the grace period is over.
+/// gracefully, and it is dropped when the grace period is over, or at once
+/// when its session is closed.
 async fn drain<C>(
     mut conn: std::pin::Pin<&mut C>,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
     stopping: &CancellationToken,
     hard_stop: &CancellationToken,
+    closed: &CancellationToken,
 ) -> hyper::Result<()>
 where
     C: std::future::Future<Output = hyper::Result<()>>,
@@ -316,10 +364,12 @@ where
     tokio::select! {
         result = conn.as_mut() => return result,
         _ = stopping.cancelled() => graceful(conn.as_mut()),
+        _ = closed.cancelled() => return Ok(()),
     }
     tokio::select! {
         result = conn => result,
         _ = hard_stop.cancelled() => Ok(()),
+        _ = closed.cancelled() => Ok(()),
     }
 }
 

@@ -8,18 +8,28 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::session::Session;
+
 /// Bytes moved per splice call, and the pipe size asked for.
 const CHUNK: usize = 1 << 20;
 
-/// Relays until both directions have ended, half-closing each side as its
-/// peer finishes. Returns (a→b, b→a) byte counts.
-pub(crate) async fn relay(a: &TcpStream, b: &TcpStream) -> io::Result<(u64, u64)> {
-    tokio::try_join!(one_way(a, b), one_way(b, a))
+/// Relays between a client and an upstream until both directions have
+/// ended, half-closing each side as its peer finishes; the session counts
+/// the client's bytes as they move.
+pub(crate) async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    session: &Session,
+) -> io::Result<()> {
+    tokio::try_join!(
+        one_way(client, upstream, |n| session.socket_bytes(n, 0)),
+        one_way(upstream, client, |n| session.socket_bytes(0, n)),
+    )
+    .map(|_| ())
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+async fn one_way(from: &TcpStream, to: &TcpStream, count: impl Fn(u64)) -> io::Result<()> {
     let pipe = Pipe::new()?;
-    let mut total = 0u64;
     loop {
         let filled = loop {
             from.readable().await?;
@@ -33,8 +43,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
         };
         if filled == 0 {
             // EOF: pass the half-close on; the other direction keeps going.
-            shutdown_write(to)?;
-            return Ok(total);
+            return shutdown_write(to);
         }
         let mut left = filled;
         while left > 0 {
@@ -47,7 +56,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
                 Err(e) => return Err(e),
             }
         }
-        total += filled as u64;
+        count(filled as u64);
     }
 }
 

@@ -13,15 +13,15 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use std::net::SocketAddr;
-
 use http::uri::Authority;
 
-use crate::access::AccessLog;
+use crate::activity::Activity;
+use crate::counted::Counted;
 use crate::guard::FramingGuard;
 use crate::handler::{Common, Shared};
 use crate::intercept;
 use crate::local;
+use crate::session::{Kind, SessionGuard};
 
 /// Per-direction copy buffer: large enough for bulk transfers to run at
 /// memory speed, small enough not to matter per tunnel.
@@ -29,14 +29,13 @@ const TUNNEL_BUFFER: usize = 64 * 1024;
 
 /// The IO type hyper serves client connections on; a tunnel unwraps it to
 /// copy straight between sockets.
-pub(crate) type ClientIo = TokioIo<FramingGuard<TcpStream>>;
+pub(crate) type ClientIo = TokioIo<FramingGuard<Counted<TcpStream>>>;
 
 /// Answers CONNECT only once the upstream TCP connection is up, then splices.
 pub(crate) async fn connect(
     shared: &Arc<Shared>,
-    client: SocketAddr,
     req: Request<Incoming>,
-    log: &Arc<AccessLog>,
+    log: &Arc<Activity>,
 ) -> Response<ProxyBody> {
     let Some((authority, host, port)) = req
         .uri()
@@ -52,15 +51,17 @@ pub(crate) async fn connect(
         Ok(stream) => stream,
         Err(e) => {
             debug!(error = %e, %host, port, "CONNECT failed");
+            log.fail(&e);
             return refuse(local::text(e.status(), e));
         }
     };
     let on_client = hyper::upgrade::on(req);
     let log = log.clone();
+    log.set_kind(Kind::Tunnel);
     let tunnel_shared = shared.clone();
     spawn_until_stopped(&shared.common, log.clone(), async move {
         match on_client.await {
-            Ok(upgraded) => tunnel(tunnel_shared, client, upgraded, upstream, authority, log).await,
+            Ok(upgraded) => tunnel(tunnel_shared, upgraded, upstream, authority, log).await,
             Err(e) => debug!(error = %e, "client left before the tunnel opened"),
         }
     });
@@ -87,13 +88,15 @@ pub(crate) fn splice_upgrade(
     shared: &Arc<Shared>,
     on_client: OnUpgrade,
     on_upstream: OnUpgrade,
-    log: Arc<AccessLog>,
+    log: Arc<Activity>,
 ) {
+    log.set_kind(Kind::Websocket);
     spawn_until_stopped(&shared.common, log.clone(), async move {
         match tokio::try_join!(on_client, on_upstream) {
             Ok((client, upstream)) => {
+                // The client's socket already counts these bytes for the connection.
                 let copied = pump(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
-                record(copied, &log);
+                adopt(copied, &log);
             }
             Err(e) => debug!(error = %e, "upgrade did not complete"),
         }
@@ -101,17 +104,19 @@ pub(crate) fn splice_upgrade(
 }
 
 /// Runs a tunnel as a tracked task that ends, marked aborted, when the
-/// shutdown grace period is over.
+/// shutdown grace period is over or its session is closed.
 fn spawn_until_stopped(
     common: &Common,
-    log: Arc<AccessLog>,
+    log: Arc<Activity>,
     tunnel: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let stop = common.hard_stop.clone();
     common.tasks.spawn(async move {
+        let closed = log.session().cancelled().clone();
         tokio::select! {
             () = tunnel => {}
             () = stop.cancelled() => log.abort(),
+            () = closed.cancelled() => log.abort(),
         }
     });
 }
@@ -121,56 +126,75 @@ fn spawn_until_stopped(
 /// inside the kernel (Linux), else through a copy loop.
 async fn tunnel(
     shared: Arc<Shared>,
-    client: SocketAddr,
     upgraded: Upgraded,
     mut upstream: TcpStream,
     authority: Authority,
-    log: Arc<AccessLog>,
+    log: Arc<Activity>,
 ) {
+    let session = log.session().clone();
     match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
-            let socket = parts.io.into_inner().into_inner();
-            // Bytes the client sent right behind its request head belong to the tunnel.
+            let socket = parts.io.into_inner().into_inner().into_inner();
+            // Bytes the client sent right behind its request head belong to
+            // the tunnel; the connection counted them when they were read.
             let early = parts.read_buf;
+            session.adopt_bytes(early.len() as u64, 0);
             match shared.common.interception.clone() {
                 Some(interception) if interception.intercepts(authority.host()) => {
-                    let session = (client, socket, early, upstream, authority);
-                    intercept::run(shared, interception, session, log).await
+                    let tunnel = (socket, early, upstream, authority);
+                    intercept::run(shared, interception, tunnel, log).await
                 }
-                _ => record(relay_bytes(socket, upstream, &early).await, &log),
+                _ => record(relay_bytes(socket, upstream, &early, &session).await, &log),
             }
         }
-        Err(upgraded) => record(pump(&mut TokioIo::new(upgraded), &mut upstream).await, &log),
+        Err(upgraded) => adopt(pump(&mut TokioIo::new(upgraded), &mut upstream).await, &log),
     }
 }
 
-/// Relays `early` (bytes already read from the client) and then everything else.
+/// Relays `early` (bytes already read from the client and counted) and
+/// then everything else, counting it.
 pub(crate) async fn relay_bytes(
     socket: TcpStream,
     mut upstream: TcpStream,
     early: &[u8],
-) -> std::io::Result<(u64, u64)> {
+    session: &Arc<SessionGuard>,
+) -> std::io::Result<()> {
     upstream.write_all(early).await?;
-    let (up, down) = relay_sockets(socket, upstream).await?;
-    Ok((up + early.len() as u64, down))
+    relay_sockets(socket, upstream, session).await
 }
 
 #[cfg(target_os = "linux")]
-async fn relay_sockets(client: TcpStream, upstream: TcpStream) -> std::io::Result<(u64, u64)> {
-    crate::splice::relay(&client, &upstream).await
+async fn relay_sockets(
+    client: TcpStream,
+    upstream: TcpStream,
+    session: &Arc<SessionGuard>,
+) -> std::io::Result<()> {
+    crate::splice::relay(&client, &upstream, session).await
 }
 
 #[cfg(not(target_os = "linux"))]
 async fn relay_sockets(
-    mut client: TcpStream,
+    client: TcpStream,
     mut upstream: TcpStream,
-) -> std::io::Result<(u64, u64)> {
-    pump(&mut client, &mut upstream).await
+    session: &Arc<SessionGuard>,
+) -> std::io::Result<()> {
+    let mut client = Counted::new(client, session.clone());
+    pump(&mut client, &mut upstream).await.map(|_| ())
 }
 
-pub(crate) fn record(result: std::io::Result<(u64, u64)>, log: &AccessLog) {
+/// How a plain tunnel ended.
+pub(crate) fn record(result: std::io::Result<()>, log: &Activity) {
+    if let Err(e) = result {
+        log.abort();
+        debug!(error = %e, "tunnel ended");
+    }
+}
+
+/// A relay over a connection whose socket counts for the parent session:
+/// the totals are this session's too.
+fn adopt(result: std::io::Result<(u64, u64)>, log: &Activity) {
     match result {
-        Ok((up, down)) => log.tunnelled(up, down),
+        Ok((up, down)) => log.session().adopt_bytes(up, down),
         Err(e) => {
             log.abort();
             debug!(error = %e, "tunnel ended");

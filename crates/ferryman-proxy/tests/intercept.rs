@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::{curl, intercepting_proxy, LIMIT};
 use ferryman_proxy::{InterceptConfig, InterceptMode};
 use ferryman_testkit::backend::{full, Backend, RawBackend};
@@ -330,19 +328,7 @@ async fn intercepted_tls(
     target: std::net::SocketAddr,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let raw = tunnel(proxy.local_addr(), target).await;
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(dir.path().join("ferryman-ca.pem")).unwrap();
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(common::trusting_ferryman(dir))
         .connect(ServerName::try_from("127.0.0.1").unwrap(), raw.stream)
         .await
         .expect("ferryman's leaf, trusted through its CA")

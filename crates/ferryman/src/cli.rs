@@ -30,6 +30,45 @@ pub enum Command {
     /// ferryman's certificate authority, created on first use.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Export captured exchanges as HAR 1.2.
+    Har {
+        /// Exchanges started at or after this: an RFC 3339 time
+        /// (2026-11-21T10:00:00Z) or an age (30m, 2h, 7d).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Exchanges started before this (same forms as --since).
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// Only exchanges with this host (no port).
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// Bodies up to this many stored bytes are inlined; larger ones are
+        /// referenced by their key.
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+        max_inline: u64,
+        /// Write here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Write a captured body to stdout or a file.
+    Body {
+        /// The exchange id (as in the records and the HAR `_id`).
+        id: String,
+        #[arg(value_enum)]
+        part: BodyPart,
+        /// Undo the Content-Encoding (gzip, deflate, br, zstd).
+        #[arg(long)]
+        decode: bool,
+        /// Write here instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BodyPart {
+    Request,
+    Response,
 }
 
 #[derive(Debug, Subcommand)]

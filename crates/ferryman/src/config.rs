@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ferryman_capture::CaptureConfig;
 use ferryman_http::config::{humantime_serde, Invalid};
 use ferryman_http::UpstreamConfig;
 use ferryman_proxy::{InterceptConfig, ProxyConfig};
@@ -27,7 +28,29 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
     pub intercept: InterceptConfig,
+    pub capture: CaptureConfig,
+    pub sessions: SessionsConfig,
     pub log: LogConfig,
+}
+
+/// The connection table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// How long a closed session stays listed as closed.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Closed sessions kept in the history after that.
+    pub history: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_secs(5),
+            history: 1000,
+        }
+    }
 }
 
 /// The certificate authority used for interception.
@@ -96,6 +119,8 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             tls: TlsConfig::default(),
             intercept: InterceptConfig::default(),
+            capture: CaptureConfig::default(),
+            sessions: SessionsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -136,6 +161,14 @@ impl Config {
         .map_err(|e| format!("certificate authority: {e}"))
     }
 
+    /// Starts capture as configured; None when it is off.
+    pub fn start_capture(&self) -> Result<Option<ferryman_capture::Capture>, String> {
+        if !self.capture.enabled {
+            return Ok(None);
+        }
+        ferryman_capture::Capture::start(self.capture.clone(), &self.data_dir).map(Some)
+    }
+
     /// How upstream servers are checked over TLS; reads the CA files.
     pub fn upstream_tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
         ferryman_tls::client_config(&self.tls.upstream_ca_files, self.tls.upstream_insecure)
@@ -171,6 +204,7 @@ impl Config {
         self.upstream.validate(&mut invalid);
         self.tls.validate(&mut invalid);
         self.intercept.validate(&mut invalid);
+        self.capture.validate(&mut invalid);
         if invalid.is_empty() {
             return Ok(());
         }
@@ -321,6 +355,35 @@ mod tests {
             e.contains("tls.ca_cert = \"ca.pem\": needs tls.ca_key"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_s3_store_needs_a_bucket_and_https_unless_allowed() {
+        let e = load(
+            "[capture.store]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("capture.store.bucket (default): is needed"),
+            "{e}"
+        );
+        assert!(
+            e.contains("capture.store.endpoint = \"http://127.0.0.1:9000\": \"http://127.0.0.1:9000\" is plain http"),
+            "{e}"
+        );
+        let e = load("", &["capture.store.kind=ftp"]).unwrap_err();
+        assert!(e.contains("capture.store.kind = \"ftp\""), "{e}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let c = load(
+            "[capture.store]\naccess_key_id = \"AKID\"\nsecret_access_key = \"hunter2\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

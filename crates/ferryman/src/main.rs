@@ -3,6 +3,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod cli;
 mod config;
+mod export;
 mod logging;
 
 use std::process::ExitCode;
@@ -31,18 +32,31 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Some(Command::Ca(ref command)) => {
-            let result = Config::load(cli.config.as_deref(), &cli.overrides.settings())
-                .map_err(|e| e.to_string())
-                .and_then(|config| ca(&config, command));
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Some(Command::Har {
+            ref since,
+            ref until,
+            ref host,
+            max_inline,
+            ref output,
+        }) => offline(&cli, |config| {
+            let request = export::HarRequest {
+                since: since.as_deref(),
+                until: until.as_deref(),
+                host: host.as_deref(),
+                max_inline,
+                output: output.as_deref(),
+            };
+            export::har(config, request)
+        }),
+        Some(Command::Body {
+            ref id,
+            part,
+            decode,
+            ref output,
+        }) => offline(&cli, |config| {
+            export::body(config, id, part, decode, output.as_deref())
+        }),
+        Some(Command::Ca(ref command)) => offline(&cli, |config| ca(config, command)),
         Some(Command::Run) | None => {
             let config = match Config::load(cli.config.as_deref(), &cli.overrides.settings()) {
                 Ok(config) => config,
@@ -59,6 +73,20 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// A command that reads ferryman's state and exits: errors go to stderr, exit code 2.
+fn offline(cli: &Cli, command: impl FnOnce(&Config) -> Result<(), String>) -> ExitCode {
+    let result = Config::load(cli.config.as_deref(), &cli.overrides.settings())
+        .map_err(|e| e.to_string())
+        .and_then(|config| command(&config));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(2)
         }
     }
 }
@@ -96,11 +124,17 @@ fn run(config: Config) -> Result<(), String> {
     let upstream_tls = config.upstream_tls()?;
     let interception =
         ferryman_proxy::Interception::new(std::sync::Arc::new(ca), config.intercept.clone());
+    let capture = config.start_capture()?;
+    let observers = ferryman_proxy::Observers {
+        sessions: ferryman_proxy::Sessions::new(config.sessions.linger, config.sessions.history),
+        capture: capture.clone(),
+    };
     let proxy = ferryman_proxy::ForwardProxy::bind(
         config.proxy.clone(),
         config.upstream.clone(),
         upstream_tls,
         Some(interception),
+        observers,
     )
     .map_err(|e| {
         format!(
@@ -125,6 +159,11 @@ fn run(config: Config) -> Result<(), String> {
     proxy
         .run_threaded(workers, shutdown, config.shutdown_grace)
         .map_err(|e| format!("forward proxy failed: {e}"))?;
+    if let Some(capture) = capture {
+        if !capture.settle_blocking(config.shutdown_grace) {
+            tracing::warn!("some captures were still being written at exit");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

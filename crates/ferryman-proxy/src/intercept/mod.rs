@@ -6,9 +6,9 @@
 
 mod rules;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ferryman_capture::TlsFacts;
 use ferryman_http::Target;
 use ferryman_tls::{CertificateAuthority, CertifiedKey};
 use http::uri::Authority;
@@ -22,14 +22,21 @@ use tracing::debug;
 use rules::Rules;
 pub use rules::{InterceptConfig, InterceptMode};
 
-use crate::access::{AccessLog, Kind};
+use crate::activity::Activity;
+use crate::counted::Counted;
 use crate::handler::Shared;
 use crate::server::{serve_http, Protocol};
+use crate::session::{Kind, Session};
 use crate::tunnel::{record, relay_bytes};
 
-/// Reads the ClientHello, keeping every byte read in `bytes`; None when the
-/// client closes, sends something rustls cannot parse, or too much.
-async fn read_client_hello(socket: &mut TcpStream, bytes: &mut Vec<u8>) -> Option<Accepted> {
+/// Reads the ClientHello, keeping (and counting) every byte read in
+/// `bytes`; None when the client closes, sends something rustls cannot
+/// parse, or too much.
+async fn read_client_hello(
+    socket: &mut TcpStream,
+    bytes: &mut Vec<u8>,
+    session: &Session,
+) -> Option<Accepted> {
     let mut acceptor = Acceptor::default();
     let mut fed = 0;
     loop {
@@ -45,7 +52,10 @@ async fn read_client_hello(socket: &mut TcpStream, bytes: &mut Vec<u8>) -> Optio
                 let mut chunk = [0u8; 4096];
                 match socket.read(&mut chunk).await {
                     Ok(0) | Err(_) => return None,
-                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                    Ok(n) => {
+                        session.socket_bytes(n as u64, 0);
+                        bytes.extend_from_slice(&chunk[..n]);
+                    }
                 }
             }
             _ => return None,
@@ -80,17 +90,18 @@ impl Interception {
     }
 }
 
-/// A tunnel's ends: client address, client socket, bytes already read from
-/// it, upstream socket, and the CONNECT target.
-pub(crate) type Session = (SocketAddr, TcpStream, bytes::Bytes, TcpStream, Authority);
+/// A tunnel's ends: the client socket, bytes already read from it, the
+/// upstream socket, and the CONNECT target.
+pub(crate) type Tunnel = (TcpStream, bytes::Bytes, TcpStream, Authority);
 
 /// Decides what the tunnel to `authority` carries, and serves it.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     interception: Arc<Interception>,
-    (client, socket, early, upstream, authority): Session,
-    log: Arc<AccessLog>,
+    (socket, early, upstream, authority): Tunnel,
+    log: Arc<Activity>,
 ) {
+    let session = log.session().clone();
     // Whoever speaks first decides: a server banner (SMTP, SSH...) means a
     // plain tunnel, at once, without waiting on the client.
     let mut first = [0u8; 8];
@@ -109,26 +120,17 @@ pub(crate) async fn run(
     };
     let first = &first[..seen];
     if first.first() == Some(&TLS_HANDSHAKE) {
-        tls(
-            shared,
-            &interception,
-            client,
-            socket,
-            early,
-            upstream,
-            authority,
-            log,
-        )
-        .await
+        let tunnel = (socket, early, upstream, authority);
+        tls(shared, &interception, tunnel, log).await
     } else if looks_like_http(first) {
         // Plain HTTP inside the tunnel: served here, sent to the target.
         log.set_kind(Kind::InterceptedHttp);
         drop(upstream);
-        let io = crate::tunnel::Prefixed::new(early, socket);
+        let io = crate::tunnel::Prefixed::new(early, Counted::new(socket, session.clone()));
         let target = Some(Target::http(authority));
-        serve_http(io, Protocol::Http1, shared, client, target).await;
+        serve_http(io, Protocol::Http1, shared, session, target, None).await;
     } else {
-        record(relay_bytes(socket, upstream, &early).await, &log)
+        record(relay_bytes(socket, upstream, &early, &session).await, &log)
     }
 }
 
@@ -145,36 +147,39 @@ fn looks_like_http(first: &[u8]) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn tls(
     shared: Arc<Shared>,
     interception: &Interception,
-    client: SocketAddr,
-    mut socket: TcpStream,
-    early: bytes::Bytes,
-    upstream: TcpStream,
-    authority: Authority,
-    log: Arc<AccessLog>,
+    (mut socket, early, upstream, authority): Tunnel,
+    log: Arc<Activity>,
 ) {
+    let session = log.session().clone();
     // Read the ClientHello ourselves, keeping its bytes, so the tunnel can
     // still be passed through untouched once we know what the client wants.
     let mut hello_bytes = early.to_vec();
     let wait = shared.common.config.client_idle_timeout;
-    let read_hello = read_client_hello(&mut socket, &mut hello_bytes);
+    let read_hello = read_client_hello(&mut socket, &mut hello_bytes, &session);
     let accepted = match tokio::time::timeout(wait, read_hello).await {
         Ok(Some(accepted)) => accepted,
         // Not TLS we can parse, or too big: a plain tunnel, bytes untouched.
         Ok(None) => {
-            record(relay_bytes(socket, upstream, &hello_bytes).await, &log);
+            record(
+                relay_bytes(socket, upstream, &hello_bytes, &session).await,
+                &log,
+            );
             return;
         }
         // The client stalled mid-hello.
         Err(_) => return,
     };
     let hello = accepted.client_hello();
-    let name = hello
-        .server_name()
-        .map_or_else(|| authority.host().to_string(), str::to_string);
+    let sni = hello.server_name().map(str::to_string);
+    let name = sni.clone().unwrap_or_else(|| authority.host().to_string());
+    let mut facts = TlsFacts {
+        sni,
+        alpn: None,
+        intercepted: false,
+    };
     // What ferryman can speak inside, in the client's terms: HTTP/2 and
     // HTTP/1.1 are served (and sent upstream as HTTP/1.1); a client that
     // wants neither keeps its tunnel.
@@ -188,14 +193,22 @@ async fn tls(
     });
     let understood = offer.as_ref().is_none_or(|list| !list.is_empty());
     if !understood || !interception.intercepts(&name) {
-        record(relay_bytes(socket, upstream, &hello_bytes).await, &log);
+        log.tls(facts);
+        record(
+            relay_bytes(socket, upstream, &hello_bytes, &session).await,
+            &log,
+        );
         return;
     }
     let leaf = match interception.ca.leaf(&name) {
         Ok(leaf) => leaf,
         Err(e) => {
             debug!(error = %e, "no certificate to intercept with; passing through");
-            record(relay_bytes(socket, upstream, &hello_bytes).await, &log);
+            log.tls(facts);
+            record(
+                relay_bytes(socket, upstream, &hello_bytes, &session).await,
+                &log,
+            );
             return;
         }
     };
@@ -210,25 +223,32 @@ async fn tls(
     };
     // An interception from here on, whether or not the client accepts it.
     log.set_kind(Kind::InterceptedTls);
+    facts.intercepted = true;
+    let socket = Counted::new(socket, session.clone());
     match StartHandshake::from_parts(accepted, socket)
         .into_stream(config)
         .await
     {
         Ok(stream) => {
-            let protocol = match stream.get_ref().1.alpn_protocol() {
+            let alpn = stream.get_ref().1.alpn_protocol();
+            let protocol = match alpn {
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };
+            facts.alpn = alpn.map(|p| String::from_utf8_lossy(p).into_owned());
+            log.tls(facts.clone());
             let target = Target {
                 authority,
                 https: true,
             };
-            serve_http(stream, protocol, shared, client, Some(target)).await;
+            serve_http(stream, protocol, shared, session, Some(target), Some(facts)).await;
         }
         Err(e) => {
             if rejected_our_certificate(&e) {
                 interception.rules.rejected_by_client(&name);
             }
+            log.tls(facts);
+            log.fail(format!("client TLS handshake failed: {e}"));
             log.abort();
             debug!(error = %e, host = %name, "client TLS handshake failed");
         }

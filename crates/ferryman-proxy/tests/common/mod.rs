@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferryman_http::UpstreamConfig;
-use ferryman_proxy::{ForwardProxy, ProxyConfig, RunningProxy};
+use ferryman_proxy::{ForwardProxy, Observers, ProxyConfig, RunningProxy, Sessions};
 
 pub async fn proxy() -> RunningProxy {
     proxy_with(|_, _| {}).await
@@ -39,6 +39,38 @@ pub async fn intercepting_proxy(
     insecure: bool,
     rules: ferryman_proxy::InterceptConfig,
 ) -> (RunningProxy, tempfile::TempDir) {
+    intercepting_proxy_observed(ca_files, insecure, rules, observers()).await
+}
+
+/// A plain proxy reporting to `observers`.
+pub fn proxy_observed(observers: Observers) -> RunningProxy {
+    let tls = ferryman_tls::client_config(&[], false).expect("upstream TLS config");
+    ForwardProxy::bind(
+        local_proxy_config(),
+        UpstreamConfig::default(),
+        tls,
+        None,
+        observers,
+    )
+    .expect("bind proxy")
+    .start(Duration::from_secs(5))
+}
+
+/// The connection table alone, with the default linger time.
+pub fn observers() -> Observers {
+    Observers {
+        sessions: Sessions::new(Duration::from_secs(5), 1000),
+        capture: None,
+    }
+}
+
+/// [`intercepting_proxy`], reporting to `observers`.
+pub async fn intercepting_proxy_observed(
+    ca_files: &[std::path::PathBuf],
+    insecure: bool,
+    rules: ferryman_proxy::InterceptConfig,
+    observers: Observers,
+) -> (RunningProxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ferryman_tls::CertificateAuthority::open(dir.path(), None, 100).expect("CA");
     let interception = ferryman_proxy::Interception::new(std::sync::Arc::new(ca), rules);
@@ -48,6 +80,7 @@ pub async fn intercepting_proxy(
         UpstreamConfig::default(),
         tls,
         Some(interception),
+        observers,
     )
     .expect("bind proxy")
     .start(Duration::from_secs(5));
@@ -69,7 +102,7 @@ fn start(
     let mut proxy = local_proxy_config();
     let mut upstream = UpstreamConfig::default();
     tweak(&mut proxy, &mut upstream);
-    ForwardProxy::bind(proxy, upstream, tls, None)
+    ForwardProxy::bind(proxy, upstream, tls, None, observers())
         .expect("bind proxy")
         .start(grace)
 }
@@ -90,3 +123,22 @@ pub async fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
 }
 
 pub const LIMIT: Duration = Duration::from_secs(10);
+
+/// A TLS client config trusting only the CA ferryman keeps in `dir`, speaking HTTP/1.1.
+pub fn trusting_ferryman(dir: &tempfile::TempDir) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(dir.path().join("ferryman-ca.pem")).expect("ferryman's CA");
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots
+            .add(cert.expect("a PEM certificate"))
+            .expect("a CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(config)
+}

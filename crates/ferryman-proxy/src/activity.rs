@@ -1,0 +1,171 @@
+//! What one exchange or tunnel did: its session in the table, its capture
+//! record, and its access-log line, written when the last body (or the
+//! tunnel) is done with it.
+
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use ferryman_capture::{BodyTap, Capture, Part, Recorder};
+use ferryman_http::body::{BodyObserver, Direction};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, Method, Response, Uri};
+
+use crate::session::{Kind, SessionGuard, Sessions};
+
+pub(crate) struct Activity {
+    session: Arc<SessionGuard>,
+    method: Method,
+    /// For CONNECT, the authority form: `host:port`.
+    target: Uri,
+    status: AtomicU16,
+    aborted: AtomicBool,
+    recorder: Option<Recorder>,
+    /// Request and response body taps, once the bodies exist.
+    taps: [OnceLock<BodyTap>; 2],
+}
+
+impl Activity {
+    /// An exchange inside `parent` (a client connection or a tunnel).
+    pub(crate) fn new(
+        sessions: &Sessions,
+        parent: &Arc<SessionGuard>,
+        method: Method,
+        target: Uri,
+        capture: Option<&Capture>,
+    ) -> Self {
+        let session = sessions.child(parent, Kind::Exchange, target.to_string(), target.host());
+        let recorder = capture.map(|capture| {
+            capture.begin(
+                session.id(),
+                session.parent_id(),
+                session.client().to_string(),
+            )
+        });
+        Self {
+            session,
+            method,
+            target,
+            status: AtomicU16::new(0),
+            aborted: AtomicBool::new(false),
+            recorder,
+            taps: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    pub(crate) fn session(&self) -> &Arc<SessionGuard> {
+        &self.session
+    }
+
+    pub(crate) fn set_kind(&self, kind: Kind) {
+        self.session.set_kind(kind);
+    }
+
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::Relaxed);
+    }
+
+    /// Why the exchange failed, for its record.
+    pub(crate) fn fail(&self, error: impl std::fmt::Display) {
+        if let Some(recorder) = &self.recorder {
+            recorder.error(error);
+        }
+    }
+
+    pub(crate) fn tls(&self, facts: ferryman_capture::TlsFacts) {
+        if let Some(recorder) = &self.recorder {
+            recorder.tls(facts);
+        }
+    }
+
+    /// The request head, as the client sent it.
+    pub(crate) fn request(&self, version: http::Version, headers: &HeaderMap) {
+        if let Some(recorder) = &self.recorder {
+            let url = self.target.to_string();
+            recorder.request(self.method.as_str(), &url, version, headers);
+            self.tap(Part::Request, headers);
+        }
+    }
+
+    /// The response head, as the client gets it.
+    pub(crate) fn respond<B>(&self, response: &Response<B>) {
+        self.status
+            .store(response.status().as_u16(), Ordering::Relaxed);
+        if let Some(recorder) = &self.recorder {
+            recorder.response(response.status(), response.version(), response.headers());
+            self.tap(Part::Response, response.headers());
+        }
+    }
+
+    fn tap(&self, part: Part, headers: &HeaderMap) {
+        if let Some(recorder) = &self.recorder {
+            let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let _ = self.taps[part as usize].set(recorder.tap(part, content_type));
+        }
+    }
+}
+
+fn part(direction: Direction) -> Part {
+    match direction {
+        Direction::Up => Part::Request,
+        Direction::Down => Part::Response,
+    }
+}
+
+impl BodyObserver for Activity {
+    fn on_data(&self, direction: Direction, bytes: &Bytes) {
+        let n = bytes.len() as u64;
+        match direction {
+            Direction::Up => self.session.body_bytes(n, 0),
+            Direction::Down => self.session.body_bytes(0, n),
+        }
+        if let Some(tap) = self.taps[part(direction) as usize].get() {
+            tap.data(bytes);
+        }
+    }
+
+    fn on_trailers(&self, direction: Direction, trailers: &HeaderMap) {
+        if let Some(tap) = self.taps[part(direction) as usize].get() {
+            tap.trailers(trailers);
+        }
+    }
+
+    fn on_end(&self, direction: Direction, complete: bool) {
+        if let Some(tap) = self.taps[part(direction) as usize].get() {
+            tap.end(complete);
+        }
+        if !complete {
+            self.abort();
+        }
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        let kind = self.session.kind();
+        let (up, down) = self.session.bytes();
+        let aborted = *self.aborted.get_mut();
+        if let Some(recorder) = &self.recorder {
+            if kind != Kind::Exchange {
+                // Tunnels count bytes at the socket, not as bodies.
+                recorder.bytes(up, down);
+            }
+            if aborted {
+                recorder.error("aborted before its end");
+            }
+        }
+        tracing::info!(
+            target: "ferryman::access",
+            kind = kind.name(),
+            session = self.session.id(),
+            client = %self.session.client(),
+            method = %self.method,
+            target = %self.target,
+            status = *self.status.get_mut(),
+            bytes_up = up,
+            bytes_down = down,
+            duration_ms = self.session.elapsed_ms(),
+            aborted,
+        );
+    }
+}
