@@ -184,3 +184,35 @@ impl CaptureConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CaptureConfig;
+
+    #[test]
+    fn content_types_decide_what_is_kept_and_how_much() {
+        let config = CaptureConfig {
+            exclude_types: vec!["image/".into()],
+            ..CaptureConfig::default()
+        };
+        assert_eq!(config.body_cap(Some("image/png")), None);
+        assert_eq!(config.body_cap(Some("Image/PNG")), None);
+        assert_eq!(config.body_cap(Some("text/html")), Some(64 << 20));
+        assert_eq!(config.body_cap(None), Some(64 << 20));
+        assert_eq!(config.body_cap(Some("text/event-stream")), Some(1 << 20));
+        assert_eq!(
+            config.body_cap(Some("multipart/x-mixed-replace; boundary=x")),
+            Some(1 << 20)
+        );
+        let only_json = CaptureConfig {
+            include_types: vec!["application/json".into()],
+            ..CaptureConfig::default()
+        };
+        assert_eq!(
+            only_json.body_cap(Some("application/json; charset=utf-8")),
+            Some(64 << 20)
+        );
+        assert_eq!(only_json.body_cap(Some("text/plain")), None);
+        assert_eq!(only_json.body_cap(None), None);
+    }
+}

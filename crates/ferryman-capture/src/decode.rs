@@ -49,7 +49,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn gzip_and_deflate_round_trip() {
+    fn every_coding_is_undone() {
         let text = b"hello, ferryman".repeat(100);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(&text).unwrap();
@@ -67,6 +67,24 @@ mod tests {
         );
         assert_eq!(decode(&text, None).unwrap(), text);
         assert!(decode(b"not gzip", Some("gzip")).is_err());
+        // Node's zlib.brotliCompressSync("ferryman ".repeat(20)).
+        let br = [
+            0x1b, 0xb3, 0x00, 0xf8, 0xc5, 0x03, 0xae, 0x56, 0xaf, 0xe0, 0x08, 0x27, 0x74, 0x0b,
+            0x06, 0x96, 0xd6, 0xf6, 0xb0, 0x00,
+        ];
+        assert_eq!(decode(&br, Some("br")).unwrap(), b"ferryman ".repeat(20));
+        let zstd = ruzstd::encoding::compress_to_vec(
+            &text[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        assert_eq!(decode(&zstd, Some("zstd")).unwrap(), text);
+        // Codings apply in order; undone last first.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&zstd).unwrap();
+        assert_eq!(
+            decode(&gz.finish().unwrap(), Some("zstd, gzip")).unwrap(),
+            text
+        );
         assert!(decode(&text, Some("compress")).is_err());
     }
 }

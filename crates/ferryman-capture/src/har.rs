@@ -147,7 +147,7 @@ fn entry(
         "response": har_response,
         "cache": {},
         "timings": {"send": sent, "wait": first - sent, "receive": end - first},
-        "connection": record.session_id.to_string(),
+        "connection": record.parent_id.unwrap_or(record.session_id).to_string(),
         "_id": record.id,
     });
     if let Some(error) = &record.error {

@@ -225,6 +225,7 @@ impl Inner {
     /// Deletes the objects of expired exchanges, in the background.
     pub(crate) fn delete_objects(self: &Arc<Self>, ids: Vec<String>) {
         let inner = self.clone();
+        self.begin_pending();
         self.runtime.spawn(async move {
             for id in ids.iter().filter_map(|id| ExchangeId::parse(id)) {
                 for key in [
@@ -236,6 +237,7 @@ impl Inner {
                     let _ = tokio::time::timeout(inner.config.store_timeout, delete).await;
                 }
             }
+            inner.end_pending(1);
         });
     }
 

@@ -35,7 +35,8 @@ pub fn open(config: &CaptureConfig, data_dir: &Path) -> Result<Arc<dyn ObjectSto
                 .with_client_options(
                     ClientOptions::new()
                         .with_allow_http(store.allow_http)
-                        .with_timeout(config.store_timeout)
+                        // Capture's own timeout per operation is the one that speaks.
+                        .with_timeout(config.store_timeout * 2)
                         .with_connect_timeout(config.store_timeout),
                 );
             if let Some(bucket) = &store.bucket {

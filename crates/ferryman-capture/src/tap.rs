@@ -71,29 +71,47 @@ impl BodyTap {
     }
 
     pub fn data(&self, bytes: &Bytes) {
-        let n = bytes.len() as u64;
-        let before = self.size.fetch_add(n, Ordering::Relaxed);
-        let Some(cap) = self.cap else { return };
-        if before >= cap || n == 0 || self.abandon.reason().is_some() {
-            return;
+        if let Some(keep) = self.admit(bytes.len()) {
+            self.send(if keep < bytes.len() {
+                bytes.slice(..keep)
+            } else {
+                bytes.clone()
+            });
         }
-        let keep = n.min(cap - before) as usize;
-        let chunk = if keep < bytes.len() {
-            bytes.slice(..keep)
-        } else {
-            bytes.clone()
-        };
+    }
+
+    /// Bytes seen as a slice (a relay's buffer): copied only as far as kept.
+    pub fn data_slice(&self, bytes: &[u8]) {
+        if let Some(keep) = self.admit(bytes.len()) {
+            self.send(Bytes::copy_from_slice(&bytes[..keep]));
+        }
+    }
+
+    /// Counts `n` bytes; returns how many of them to keep, having reserved
+    /// them in the queue budget.
+    fn admit(&self, n: usize) -> Option<usize> {
+        let before = self.size.fetch_add(n as u64, Ordering::Relaxed);
+        let cap = self.cap?;
+        if before >= cap || n == 0 || self.abandon.reason().is_some() {
+            return None;
+        }
+        let keep = (n as u64).min(cap - before) as usize;
         let inner = &self.exchange.inner;
         let queued = inner.queued.fetch_add(keep, Ordering::AcqRel) + keep;
         if queued > inner.config.max_queued_bytes {
             inner.queued.fetch_sub(keep, Ordering::AcqRel);
             self.abandon
                 .set("capture queue full: the store is too slow");
-            return;
+            return None;
         }
+        Some(keep)
+    }
+
+    fn send(&self, chunk: Bytes) {
+        let n = chunk.len();
         let uploader = self.uploader.get_or_init(|| self.spawn_uploader());
         if uploader.send(Msg::Data(chunk)).is_err() {
-            inner.queued.fetch_sub(keep, Ordering::AcqRel);
+            self.exchange.inner.queued.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
@@ -192,7 +210,10 @@ async fn upload(
             }
         }
     }
-    if abandon.reason().is_none() {
+    if abandon.reason().is_some() {
+        // Drops what was buffered and any multipart upload begun.
+        let _ = tokio::time::timeout(timeout, writer.abort()).await;
+    } else {
         match tokio::time::timeout(timeout, writer.shutdown()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => abandon.set(format!("store failed: {e}")),
@@ -200,10 +221,7 @@ async fn upload(
         }
     }
     let (status, reason, key) = match (abandon.reason(), ended) {
-        (Some(reason), _) => {
-            let _ = tokio::time::timeout(timeout, writer.abort()).await;
-            (CaptureStatus::Failed, Some(reason.to_owned()), None)
-        }
+        (Some(reason), _) => (CaptureStatus::Failed, Some(reason.to_owned()), None),
         (None, Some((size, true))) if captured == size => (CaptureStatus::Stored, None, Some(key)),
         (None, Some((_, true))) => (
             CaptureStatus::Truncated,
@@ -222,6 +240,9 @@ async fn upload(
         &inner.stats.bodies_stored
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    if status == CaptureStatus::Failed {
+        captured = 0;
+    }
     exchange.with_body(part, |body| {
         body.captured = captured;
         body.key = key.map(|k| k.to_string());

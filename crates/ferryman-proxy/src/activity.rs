@@ -97,6 +97,16 @@ impl Activity {
         }
     }
 
+    /// Taps for the two directions of an upgraded connection (WebSocket
+    /// frames), kept up to the stream cap as the request and response bodies.
+    pub(crate) fn stream_taps(&self) -> Option<[BodyTap; 2]> {
+        let recorder = self.recorder.as_ref()?;
+        Some([
+            recorder.stream_tap(Part::Request),
+            recorder.stream_tap(Part::Response),
+        ])
+    }
+
     fn tap(&self, part: Part, headers: &HeaderMap) {
         if let Some(recorder) = &self.recorder {
             let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
@@ -146,8 +156,9 @@ impl Drop for Activity {
         let (up, down) = self.session.bytes();
         let aborted = *self.aborted.get_mut();
         if let Some(recorder) = &self.recorder {
-            if kind != Kind::Exchange {
-                // Tunnels count bytes at the socket, not as bodies.
+            if !matches!(kind, Kind::Exchange | Kind::Websocket) {
+                // Tunnels count bytes at the socket; exchanges (a WebSocket's
+                // frames too) count them as bodies through their taps.
                 recorder.bytes(up, down);
             }
             if aborted {

@@ -284,9 +284,11 @@ pub(crate) async fn serve_http<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let config = shared.common.config.clone();
-    let stopping = shared.common.stopping.clone();
-    let hard_stop = shared.common.hard_stop.clone();
-    let closed = parent.cancelled().clone();
+    let stops = Stops {
+        stopping: shared.common.stopping.clone(),
+        hard_stop: shared.common.hard_stop.clone(),
+        closed: parent.cancelled().clone(),
+    };
     let client = parent.client();
     let handler = Handler {
         shared,
@@ -313,14 +315,7 @@ pub(crate) async fn serve_http<IO>(
                 .serve_connection(io, service)
                 .with_upgrades();
             tokio::pin!(conn);
-            drain(
-                conn,
-                |c| c.graceful_shutdown(),
-                &stopping,
-                &hard_stop,
-                &closed,
-            )
-            .await
+            stops.drain(conn, |c| c.graceful_shutdown()).await
         }
         Protocol::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -328,14 +323,7 @@ pub(crate) async fn serve_http<IO>(
                 .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
                 .serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
-            drain(
-                conn,
-                |c| c.graceful_shutdown(),
-                &stopping,
-                &hard_stop,
-                &closed,
-            )
-            .await
+            stops.drain(conn, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = result {
@@ -348,28 +336,36 @@ pub(crate) async fn serve_http<IO>(
     }
 }
 
-/// Runs a connection to its end; once shutdown starts it is asked to finish
-/// gracefully, and it is dropped when the grace period is over, or at once
-/// when its session is closed.
-async fn drain<C>(
-    mut conn: std::pin::Pin<&mut C>,
-    graceful: impl FnOnce(std::pin::Pin<&mut C>),
-    stopping: &CancellationToken,
-    hard_stop: &CancellationToken,
-    closed: &CancellationToken,
-) -> hyper::Result<()>
-where
-    C: std::future::Future<Output = hyper::Result<()>>,
-{
-    tokio::select! {
-        result = conn.as_mut() => return result,
-        _ = stopping.cancelled() => graceful(conn.as_mut()),
-        _ = closed.cancelled() => return Ok(()),
-    }
-    tokio::select! {
-        result = conn => result,
-        _ = hard_stop.cancelled() => Ok(()),
-        _ = closed.cancelled() => Ok(()),
+/// What ends a connection: shutdown starting, the grace period ending, or
+/// its session being closed.
+struct Stops {
+    stopping: CancellationToken,
+    hard_stop: CancellationToken,
+    closed: CancellationToken,
+}
+
+impl Stops {
+    /// Runs a connection to its end; once shutdown starts it is asked to
+    /// finish gracefully, and it is dropped when the grace period is over,
+    /// or at once when its session is closed.
+    async fn drain<C>(
+        &self,
+        mut conn: std::pin::Pin<&mut C>,
+        graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    ) -> hyper::Result<()>
+    where
+        C: std::future::Future<Output = hyper::Result<()>>,
+    {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            _ = self.stopping.cancelled() => graceful(conn.as_mut()),
+            _ = self.closed.cancelled() => return Ok(()),
+        }
+        tokio::select! {
+            result = conn => result,
+            _ = self.hard_stop.cancelled() => Ok(()),
+            _ = self.closed.cancelled() => Ok(()),
+        }
     }
 }
 

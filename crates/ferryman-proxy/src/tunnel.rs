@@ -16,7 +16,7 @@ use tracing::debug;
 use http::uri::Authority;
 
 use crate::activity::Activity;
-use crate::counted::Counted;
+use crate::counted::{Counted, UpgradeMeter};
 use crate::guard::FramingGuard;
 use crate::handler::{Common, Shared};
 use crate::intercept;
@@ -94,9 +94,16 @@ pub(crate) fn splice_upgrade(
     spawn_until_stopped(&shared.common, log.clone(), async move {
         match tokio::try_join!(on_client, on_upstream) {
             Ok((client, upstream)) => {
-                // The client's socket already counts these bytes for the connection.
-                let copied = pump(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
-                adopt(copied, &log);
+                let meter = UpgradeMeter {
+                    session: log.session().clone(),
+                    taps: log.stream_taps(),
+                };
+                let mut client = Counted::new(TokioIo::new(client), meter);
+                let copied = pump(&mut client, &mut TokioIo::new(upstream)).await;
+                if let Some(taps) = &client.meter().taps {
+                    taps.iter().for_each(|tap| tap.end(copied.is_ok()));
+                }
+                record(copied.map(|_| ()), &log);
             }
             Err(e) => debug!(error = %e, "upgrade did not complete"),
         }
@@ -147,7 +154,16 @@ async fn tunnel(
                 _ => record(relay_bytes(socket, upstream, &early, &session).await, &log),
             }
         }
-        Err(upgraded) => adopt(pump(&mut TokioIo::new(upgraded), &mut upstream).await, &log),
+        Err(upgraded) => {
+            // Not a plain socket (a tunnel inside a tunnel): its bytes are
+            // counted where that socket is.
+            let meter = UpgradeMeter {
+                session,
+                taps: None,
+            };
+            let mut client = Counted::new(TokioIo::new(upgraded), meter);
+            record(pump(&mut client, &mut upstream).await.map(|_| ()), &log)
+        }
     }
 }
 
@@ -187,18 +203,6 @@ pub(crate) fn record(result: std::io::Result<()>, log: &Activity) {
     if let Err(e) = result {
         log.abort();
         debug!(error = %e, "tunnel ended");
-    }
-}
-
-/// A relay over a connection whose socket counts for the parent session:
-/// the totals are this session's too.
-fn adopt(result: std::io::Result<(u64, u64)>, log: &Activity) {
-    match result {
-        Ok((up, down)) => log.session().adopt_bytes(up, down),
-        Err(e) => {
-            log.abort();
-            debug!(error = %e, "tunnel ended");
-        }
     }
 }
 

@@ -11,8 +11,6 @@ use ferryman_testkit::within;
 use http::Response;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_reaches_an_https_backend_through_connect() {
@@ -107,25 +105,7 @@ async fn connect_to_a_closed_port_gets_502_and_the_connection_ends() {
 async fn websocket_echo_through_the_proxy() {
     let backend = Backend::start(websocket_echo).await;
     let proxy = proxy().await;
-    let mut raw = Raw::connect(proxy.local_addr()).await;
-    raw.send(
-        format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-            backend.url("/ws"),
-            backend.addr
-        )
-        .as_bytes(),
-    )
-    .await;
-    let head = raw.read_head().await.unwrap();
-    assert_eq!(head.status, 101);
-    assert_eq!(head.header("upgrade"), Some("websocket"));
-    assert_eq!(
-        head.header("sec-websocket-accept"),
-        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-    );
-    let mut ws = WebSocketStream::from_raw_socket(raw.stream, Role::Client, None).await;
+    let mut ws = ferryman_testkit::websocket_through(proxy.local_addr(), &backend).await;
     ferryman_testkit::websocket_roundtrip(&mut ws, &["one", "two", "three"]).await;
     ws.close(None).await.unwrap();
     drop(ws);

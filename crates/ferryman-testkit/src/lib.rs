@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod raw;
+pub mod s3;
 pub mod tls;
 
 use std::future::Future;
@@ -38,6 +39,34 @@ pub fn pattern(len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
         .collect()
+}
+
+/// A WebSocket to `backend` through the forward proxy at `proxy`, after
+/// checking the proxy relayed the backend's 101 as it was.
+pub async fn websocket_through(
+    proxy: std::net::SocketAddr,
+    backend: &backend::Backend,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let mut raw = raw::Raw::connect(proxy).await;
+    raw.send(
+        format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            backend.url("/ws"),
+            backend.addr
+        )
+        .as_bytes(),
+    )
+    .await;
+    let head = raw.read_head().await.expect("a response head");
+    assert_eq!(head.status, 101);
+    assert_eq!(head.header("upgrade"), Some("websocket"));
+    assert_eq!(
+        head.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
+    tokio_tungstenite::WebSocketStream::from_raw_socket(raw.stream, role, None).await
 }
 
 /// Sends each text over `ws` and checks it comes back.

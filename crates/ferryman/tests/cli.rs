@@ -128,11 +128,8 @@ fn message(record: &serde_json::Value) -> &str {
     record["fields"]["message"].as_str().unwrap_or("")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_logs_json_access_lines_and_drains_on_sigterm() {
-    let (backend, release) = Backend::held("slow answer").await;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// Runs ferryman on `data` with JSON logs; returns it, its logs and its proxy address.
+async fn start(data: &std::path::Path) -> (tokio::process::Child, Logs, std::net::SocketAddr) {
     let mut child = Command::new(BIN)
         .args([
             "run",
@@ -142,7 +139,7 @@ async fn run_logs_json_access_lines_and_drains_on_sigterm() {
             "json",
             "--data-dir",
         ])
-        .arg(&data)
+        .arg(data)
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -160,18 +157,15 @@ async fn run_logs_json_access_lines_and_drains_on_sigterm() {
     let listening = logs
         .until("listening", |r| message(r) == "forward proxy listening")
         .await;
-    let addr: std::net::SocketAddr = listening["fields"]["listen"]
+    let addr = listening["fields"]["listen"]
         .as_str()
         .unwrap()
         .parse()
         .unwrap();
-    assert!(data.is_dir(), "data dir created");
+    (child, logs, addr)
+}
 
-    let mut raw = Raw::connect(addr).await;
-    raw.send(format!("GET {} HTTP/1.1\r\nHost: b\r\n\r\n", backend.url("/slow")).as_bytes())
-        .await;
-    eventually(LIMIT, "request at the backend", || backend.requests() == 1).await;
-
+async fn terminate(child: &mut tokio::process::Child) {
     let pid = child.id().unwrap().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
@@ -179,6 +173,22 @@ async fn run_logs_json_access_lines_and_drains_on_sigterm() {
         .await
         .unwrap()
         .success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_json_access_lines_and_drains_on_sigterm() {
+    let (backend, release) = Backend::held("slow answer").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, mut logs, addr) = start(&data).await;
+    assert!(data.is_dir(), "data dir created");
+
+    let mut raw = Raw::connect(addr).await;
+    raw.send(format!("GET {} HTTP/1.1\r\nHost: b\r\n\r\n", backend.url("/slow")).as_bytes())
+        .await;
+    eventually(LIMIT, "request at the backend", || backend.requests() == 1).await;
+
+    terminate(&mut child).await;
     logs.until("shutting down", |r| message(r) == "shutting down")
         .await;
 
@@ -201,6 +211,73 @@ async fn run_logs_json_access_lines_and_drains_on_sigterm() {
 
     let status = within(LIMIT, "exit", child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn har_and_body_read_what_a_run_captured() {
+    use std::io::Write;
+    let text = "compressed on the wire, plain to read ".repeat(50);
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(text.as_bytes()).unwrap();
+    let gzipped = bytes::Bytes::from(gzip.finish().unwrap());
+    let served = gzipped.clone();
+    let backend = Backend::start(move |_| {
+        let body = served.clone();
+        async move {
+            let mut response = http::Response::new(ferryman_testkit::backend::full(body));
+            response
+                .headers_mut()
+                .insert("content-encoding", http::HeaderValue::from_static("gzip"));
+            response
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let (mut child, _logs, addr) = start(&data).await;
+    let curl = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-x",
+            &format!("http://{addr}"),
+            &backend.url("/gz"),
+        ])
+        .status()
+        .await
+        .unwrap();
+    assert!(curl.success());
+    terminate(&mut child).await;
+    let status = within(LIMIT, "exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let (code, out, err) = output(&["--data-dir", data_arg, "har", "--host", "127.0.0.1"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let har: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let entries = har["log"]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{out}");
+    assert_eq!(entries[0]["request"]["url"], backend.url("/gz"));
+    assert_eq!(entries[0]["response"]["content"]["text"], text.as_str());
+    let id = entries[0]["_id"].as_str().unwrap();
+    let (_, out, _) = output(&["--data-dir", data_arg, "har", "--until", "1h"]).await;
+    let har: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(har["log"]["entries"].as_array().unwrap().is_empty());
+
+    let raw = Command::new(BIN)
+        .args(["--data-dir", data_arg, "body", id, "response"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(raw.stdout, gzipped);
+    let (code, decoded, err) =
+        output(&["--data-dir", data_arg, "body", id, "response", "--decode"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(decoded, text);
+    let (code, _, err) = output(&["--data-dir", data_arg, "body", "not-an-id", "request"]).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not an exchange id"), "{err}");
 }
 
 #[tokio::test]
