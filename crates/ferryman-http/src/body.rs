@@ -137,6 +137,9 @@ enum GateState {
     Waiting,
     Open,
     Closed,
+    /// Closed, and the upstream's answer has been relayed: the body may now
+    /// fail, taking the upstream connection (which cannot be reused) with it.
+    Finished,
 }
 
 /// Controls a [`GatedBody`]: opened by the upstream's `100 Continue`, closed by
@@ -152,10 +155,23 @@ impl Gate {
     }
 
     /// The upstream answered before asking for the body: never read it, so the
-    /// client is not told to send it.
+    /// client is not told to send it. The body stays pending (an error now
+    /// would end the upstream connection before its answer is read) until
+    /// [`Gate::finish`].
     pub fn close(&self) {
         self.0
             .send_if_modified(|s| replace_waiting(s, GateState::Closed));
+    }
+
+    /// The upstream's answer is over: a closed body now fails.
+    pub fn finish(&self) {
+        self.0.send_if_modified(|s| {
+            let closed = *s == GateState::Closed;
+            if closed {
+                *s = GateState::Finished;
+            }
+            closed
+        });
     }
 }
 
@@ -186,11 +202,16 @@ impl<B> GatedBody<B> {
         let (tx, mut rx) = watch::channel(GateState::Waiting);
         let wait = Box::pin(async move {
             let decided = rx.wait_for(|s| *s != GateState::Waiting);
-            match tokio::time::timeout(timeout, decided).await {
+            let state = match tokio::time::timeout(timeout, decided).await {
                 Ok(Ok(state)) => *state,
                 // Gate dropped: nobody will decide, so behave as if it timed out.
                 Ok(Err(_)) | Err(_) => GateState::Open,
+            };
+            if state == GateState::Closed {
+                // Finished, or every gate dropped: either way the answer is done.
+                let _ = rx.wait_for(|s| *s == GateState::Finished).await;
             }
+            state
         });
         (
             Self {
@@ -216,7 +237,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(wait) = self.wait.as_mut() {
             match ready!(wait.as_mut().poll(cx)) {
-                GateState::Closed => return Poll::Ready(Some(Err(BodyNotSent.into()))),
+                GateState::Closed | GateState::Finished => {
+                    return Poll::Ready(Some(Err(BodyNotSent.into())))
+                }
                 _ => self.wait = None,
             }
         }
@@ -283,15 +306,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn gate_closed_never_polls_inner() {
+    async fn gate_closed_never_polls_inner_and_fails_once_finished() {
         let (body, gate) =
             GatedBody::new(Full::new(Bytes::from_static(b"x")), Duration::from_secs(60));
         gate.close();
-        let err = body
-            .collect()
-            .await
-            .expect_err("closed gate fails the body");
+        let mut collect = Box::pin(body.collect());
+        let pending = futures_util_poll(collect.as_mut()).await;
+        assert!(pending.is_none(), "pending until the answer is over");
+        gate.finish();
+        let err = collect.await.expect_err("closed gate fails the body");
         assert!(err.is::<BodyNotSent>());
+    }
+
+    /// Polls once, yielding to the runtime first so watchers have run.
+    async fn futures_util_poll<F: Future + Unpin>(mut fut: F) -> Option<F::Output> {
+        tokio::task::yield_now().await;
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut fut).poll(cx) {
+                Poll::Ready(v) => Some(v),
+                Poll::Pending => None,
+            })
+        })
+        .await
     }
 
     #[tokio::test]

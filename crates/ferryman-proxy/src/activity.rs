@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use ferryman_capture::{BodyTap, Capture, Part, Recorder};
-use ferryman_http::body::{BodyObserver, Direction};
+use ferryman_http::body::{BodyObserver, Direction, Gate};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method, Response, Uri};
 
@@ -23,6 +23,9 @@ pub(crate) struct Activity {
     recorder: Option<Recorder>,
     /// Request and response body taps, once the bodies exist.
     taps: [OnceLock<BodyTap>; 2],
+    /// A request body held for `100 Continue` that the upstream answered
+    /// without: released to fail once the answer is relayed.
+    gate: OnceLock<Gate>,
 }
 
 impl Activity {
@@ -50,6 +53,7 @@ impl Activity {
             aborted: AtomicBool::new(false),
             recorder,
             taps: [OnceLock::new(), OnceLock::new()],
+            gate: OnceLock::new(),
         }
     }
 
@@ -59,6 +63,10 @@ impl Activity {
 
     pub(crate) fn set_kind(&self, kind: Kind) {
         self.session.set_kind(kind);
+    }
+
+    pub(crate) fn hold_gate(&self, gate: Gate) {
+        let _ = self.gate.set(gate);
     }
 
     pub(crate) fn abort(&self) {
@@ -144,6 +152,9 @@ impl BodyObserver for Activity {
         if let Some(tap) = self.taps[part(direction) as usize].get() {
             tap.end(complete);
         }
+        if let (Direction::Down, Some(gate)) = (direction, self.gate.get()) {
+            gate.finish();
+        }
         if !complete {
             self.abort();
         }
@@ -152,6 +163,9 @@ impl BodyObserver for Activity {
 
 impl Drop for Activity {
     fn drop(&mut self) {
+        if let Some(gate) = self.gate.get() {
+            gate.finish();
+        }
         let kind = self.session.kind();
         let (up, down) = self.session.bytes();
         let aborted = *self.aborted.get_mut();

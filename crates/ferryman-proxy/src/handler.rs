@@ -162,6 +162,7 @@ impl Handler {
         let result = self.shared.upstream.send(&target, upstream_req).await;
         if let Some(gate) = gate {
             gate.close();
+            log.hold_gate(gate);
         }
         match result {
             Ok(response) => self.downstream_response(response, client_upgrade, log),

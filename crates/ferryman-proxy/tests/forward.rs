@@ -382,3 +382,32 @@ async fn other_schemes_are_refused_with_a_reason() {
     assert!(reason.contains("http:// and https://"), "{reason}");
     proxy.shutdown().await;
 }
+
+/// Servers may answer before reading the request body and close (an
+/// HTTP/1.0 server, a 413): the answer still reaches the client whole.
+#[tokio::test]
+async fn an_answer_given_before_the_body_was_read_is_relayed_whole() {
+    let backend = ferryman_testkit::backend::RawBackend::start(|mut raw, _| async move {
+        raw.read_request_head().await;
+        raw.send(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n")
+            .await;
+        tokio::task::yield_now().await;
+        raw.send(b"ok").await;
+    })
+    .await;
+    let proxy = proxy().await;
+    let url = backend.url("/early");
+    for framing in [
+        "Content-Length: 0\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Content-Length: 5\r\n\r\nhello",
+    ] {
+        let mut raw = Raw::connect(proxy.local_addr()).await;
+        raw.send(format!("PUT {url} HTTP/1.1\r\nHost: x\r\n{framing}").as_bytes())
+            .await;
+        let (head, body) = raw.read_response(false).await;
+        assert_eq!(head.status, 200, "{framing:?}");
+        assert_eq!(body.as_deref(), Ok(&b"ok"[..]), "{framing:?}");
+    }
+    proxy.shutdown().await;
+}
