@@ -74,7 +74,7 @@ nginx -c "$work/nginx-proxy.conf"
 start_ferryman() {
   ferry_port=$(free_port)
   "$bin" --proxy-listen "127.0.0.1:$ferry_port" --data-dir "$work/data" \
-    --set upstream.max_idle_per_host=256 --set intercept.mode=none "$@" 2>"$work/ferryman.log" &
+    --set upstream.max_idle_per_host=256 --set intercept.mode=none --set capture.enabled=false "$@" 2>"$work/ferryman.log" &
   ferry_pid=$!
   pids+=("$ferry_pid")
   for _ in $(seq 100); do

@@ -11,66 +11,22 @@ DURATION=${1:-10}
 CONNS=32
 MITMDUMP=${MITMDUMP:-$(command -v mitmdump || true)}
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() { for _ in $(seq 200); do [ -e "$1" ] && return; sleep 0.05; done; echo "no $1"; exit 1; }
+. bench/lib.sh
 
 cargo build --release -q -p ferryman -p ferryman-bench
 bench=target/release/ferryman-bench
 
-# --- origin: nginx over TLS with a self-signed certificate for 127.0.0.1 --
-mkdir -p "$work/www"
-head -c 1024 /dev/urandom > "$work/www/1k"
-truncate -s 1G "$work/www/1g"
-# A CA of the origin's own, and its certificate for 127.0.0.1 signed by it.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=bench origin CA" -keyout "$work/origin-ca.key" -out "$work/origin-ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
-  -keyout "$work/origin.key" -out "$work/origin.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$work/origin.ext"
-openssl x509 -req -in "$work/origin.csr" -CA "$work/origin-ca.pem" -CAkey "$work/origin-ca.key" \
-  -CAcreateserial -days 2 -extfile "$work/origin.ext" -out "$work/origin.pem" 2>/dev/null
-origin_port=$(free_port)
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  keepalive_requests 1000000;
-  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
-  uwsgi_temp_path $work; scgi_temp_path $work;
-  server {
-    listen 127.0.0.1:$origin_port ssl;
-    ssl_certificate $work/origin.pem;
-    ssl_certificate_key $work/origin.key;
-    root $work/www;
-  }
-}
-NGINX
-nginx -c "$work/nginx.conf"
-target="127.0.0.1:$origin_port"
+start_tls_origin
 
 # --- ferryman, intercepting everything, trusting the origin's certificate --
 ferry_port=$(free_port)
 target/release/ferryman --proxy-listen "127.0.0.1:$ferry_port" --data-dir "$work/data" \
   --set "tls.upstream_ca_files=[\"$work/origin-ca.pem\"]" --set upstream.max_idle_per_host=256 \
-  2>"$work/ferryman.log" &
+  --set capture.enabled=false 2>"$work/ferryman.log" &
 pids+=($!)
 wait_for "$work/data/ca/ferryman-ca.pem"
-sleep 0.3
+wait_port "$ferry_port"
 ferry_ca="$work/data/ca/ferryman-ca.pem"
-
-field() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
 
 echo "== 1 KiB GETs over $CONNS keep-alive HTTPS connections, ${DURATION}s each"
 direct=$($bench --target "$target" --ca "$work/origin-ca.pem" rps --connections $CONNS --seconds "$DURATION")
@@ -84,7 +40,7 @@ if [ -n "$MITMDUMP" ]; then
     --set ssl_verify_upstream_trusted_ca="$work/origin-ca.pem" 2>/dev/null &
   pids+=($!)
   wait_for "$work/mitm/mitmproxy-ca-cert.pem"
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$mitm_port) 2>/dev/null && break; sleep 0.1; done
+  wait_port "$mitm_port"
   mitm=$($bench --target "$target" --ca "$work/mitm/mitmproxy-ca-cert.pem" --proxy "127.0.0.1:$mitm_port" rps --connections $CONNS --seconds "$DURATION")
   echo "mitmproxy:            $mitm"
   mitm_rps=$(echo "$mitm" | field rps)

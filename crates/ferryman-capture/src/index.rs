@@ -16,6 +16,9 @@ use crate::Inner;
 const QUEUE: usize = 16 * 1024;
 /// Rows written per transaction, at most.
 const BATCH: usize = 1024;
+/// How long a first record waits for others to share its transaction: one
+/// commit per record would cost more than the rest of capture together.
+const LINGER: Duration = Duration::from_millis(10);
 
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
@@ -54,14 +57,14 @@ pub struct Filter {
 }
 
 pub(crate) struct Index {
-    writes: SyncSender<ExchangeRecord>,
+    writes: SyncSender<(ExchangeRecord, String)>,
     reads: Mutex<Connection>,
 }
 
 /// The thread that owns the writing connection.
 pub(crate) struct IndexWorker {
     conn: Connection,
-    records: Receiver<ExchangeRecord>,
+    records: Receiver<(ExchangeRecord, String)>,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, String> {
@@ -86,15 +89,16 @@ impl Index {
         ))
     }
 
-    /// Queues a record; false if the index thread is too far behind or gone.
-    pub(crate) fn insert(&self, record: ExchangeRecord) -> bool {
-        match self.writes.try_send(record) {
+    /// Queues a record with its JSON; false if the index thread is too far
+    /// behind or gone.
+    pub(crate) fn insert(&self, record: ExchangeRecord, json: String) -> bool {
+        match self.writes.try_send((record, json)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }
     }
 
-    pub(crate) fn writes(&self) -> SyncSender<ExchangeRecord> {
+    pub(crate) fn writes(&self) -> SyncSender<(ExchangeRecord, String)> {
         self.writes.clone()
     }
 
@@ -174,8 +178,10 @@ impl IndexWorker {
         let mut last_age_check: Option<Instant> = None;
         while let Ok(first) = self.records.recv() {
             let mut batch = vec![first];
+            let deadline = Instant::now() + LINGER;
             while batch.len() < BATCH {
-                match self.records.try_recv() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match self.records.recv_timeout(left) {
                     Ok(record) => batch.push(record),
                     Err(_) => break,
                 }
@@ -212,7 +218,7 @@ impl IndexWorker {
     }
 
     /// Returns how many rows were new.
-    fn write(&mut self, batch: &[ExchangeRecord]) -> rusqlite::Result<u64> {
+    fn write(&mut self, batch: &[(ExchangeRecord, String)]) -> rusqlite::Result<u64> {
         let tx = self.conn.transaction()?;
         let mut added = 0;
         {
@@ -221,10 +227,7 @@ impl IndexWorker {
                  content_type, request_size, response_size, duration_ms, error, record)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?;
-            for record in batch {
-                let Ok(json) = serde_json::to_string(record) else {
-                    continue;
-                };
+            for (record, json) in batch {
                 let response = record.response.as_ref();
                 added += insert.execute(params![
                     record.id,

@@ -11,6 +11,7 @@ mod record;
 mod recorder;
 mod store;
 mod tap;
+mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +31,7 @@ pub use record::{
 };
 pub use recorder::Recorder;
 pub use tap::BodyTap;
+use tap::HeldBody;
 
 /// Capture counters, for metrics and tests.
 #[derive(Debug, Default)]
@@ -62,6 +64,7 @@ pub(crate) struct Inner {
     pending: AtomicUsize,
     settled: Notify,
     index: index::Index,
+    finished: tokio::sync::mpsc::Sender<writer::Finished>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -89,6 +92,7 @@ impl Capture {
             .map_err(|e| format!("cannot start the capture thread: {e}"))?;
         let rebuild = fresh || config.rebuild_index;
         let (index, worker) = index::Index::open(&index_path)?;
+        let (finished, to_write) = tokio::sync::mpsc::channel(writer::QUEUE);
         let inner = Arc::new(Inner {
             config,
             store,
@@ -98,9 +102,11 @@ impl Capture {
             pending: AtomicUsize::new(0),
             settled: Notify::new(),
             index,
+            finished,
             _stop: stop,
         });
         worker.spawn(Arc::downgrade(&inner))?;
+        writer::spawn(&inner, to_write)?;
         let capture = Self { inner };
         if rebuild {
             capture.inner.begin_pending();
@@ -194,32 +200,39 @@ impl Inner {
         }
     }
 
-    /// Writes a finished record to the store, then to the index.
-    pub(crate) fn finish(self: &Arc<Self>, record: ExchangeRecord, id: ExchangeId) {
-        let inner = self.clone();
-        self.runtime.spawn(async move {
-            let stored = match serde_json::to_vec(&record) {
-                Ok(json) => {
-                    let key = id.record_key();
-                    let put = inner.store.put(&key, Bytes::from(json).into());
-                    matches!(
-                        tokio::time::timeout(inner.config.store_timeout, put).await,
-                        Ok(Ok(_))
-                    )
-                }
-                Err(_) => false,
-            };
-            let counter = if stored {
-                &inner.stats.records_stored
-            } else {
-                &inner.stats.records_failed
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            if !inner.index.insert(record) {
-                inner.stats.records_failed.fetch_add(1, Ordering::Relaxed);
-                inner.end_pending(1);
-            }
-        });
+    /// Counts a body's outcome and writes it into its record; a failed
+    /// body keeps nothing.
+    pub(crate) fn settle(
+        &self,
+        body: &mut BodyRecord,
+        key: &object_store::path::Path,
+        captured: u64,
+        status: CaptureStatus,
+        reason: Option<String>,
+    ) {
+        let failed = status == CaptureStatus::Failed;
+        let counter = if failed {
+            &self.stats.bodies_failed
+        } else {
+            &self.stats.bodies_stored
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        body.captured = if failed { 0 } else { captured };
+        body.key = (!failed).then(|| key.to_string());
+        body.capture = status;
+        body.reason = reason;
+    }
+
+    /// Hands a finished exchange to the writer; when it is too far behind,
+    /// the record is dropped and counted.
+    pub(crate) fn finish(&self, record: ExchangeRecord, id: ExchangeId, held: Vec<HeldBody>) {
+        let kept: usize = held.iter().map(|b| b.kept).sum();
+        let finished = writer::Finished { record, id, held };
+        if self.finished.try_send(finished).is_err() {
+            self.queued.fetch_sub(kept, Ordering::AcqRel);
+            self.stats.records_failed.fetch_add(1, Ordering::Relaxed);
+            self.end_pending(1);
+        }
     }
 
     /// Deletes the objects of expired exchanges, in the background.
@@ -261,7 +274,9 @@ impl Inner {
             }
             let read = async { self.store.get(&meta.location).await?.bytes().await };
             let record = match tokio::time::timeout(self.config.store_timeout, read).await {
-                Ok(Ok(json)) => serde_json::from_slice::<ExchangeRecord>(&json).ok(),
+                Ok(Ok(json)) => String::from_utf8(json.to_vec()).ok().and_then(|json| {
+                    Some((serde_json::from_str::<ExchangeRecord>(&json).ok()?, json))
+                }),
                 _ => None,
             };
             let Some(record) = record else {

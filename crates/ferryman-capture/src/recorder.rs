@@ -7,10 +7,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderMap, StatusCode, Version};
 
 use crate::record::{
-    header_pairs, version_name, BodyRecord, ExchangeId, ExchangeRecord, Part, ResponseRecord,
-    TlsFacts,
+    header_pairs, version_name, BodyRecord, CaptureStatus, ExchangeId, ExchangeRecord, Part,
+    ResponseRecord, TlsFacts,
 };
-use crate::tap::BodyTap;
+use crate::tap::{BodyTap, HeldBody};
 use crate::Inner;
 
 /// A handle on one exchange's record; clones share it.
@@ -22,6 +22,8 @@ pub(crate) struct Exchange {
     pub(crate) id: ExchangeId,
     start: Instant,
     record: Mutex<ExchangeRecord>,
+    /// Small bodies, written with the record.
+    held: Mutex<Vec<HeldBody>>,
 }
 
 impl Recorder {
@@ -49,6 +51,7 @@ impl Recorder {
             id,
             start: Instant::now(),
             record: Mutex::new(record),
+            held: Mutex::new(Vec::new()),
         }))
     }
 
@@ -162,6 +165,39 @@ impl Exchange {
 }
 
 impl Exchange {
+    pub(crate) fn hold(&self, body: HeldBody) {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(body);
+    }
+
+    /// Records what became of a body once its writing is over.
+    pub(crate) fn settle(
+        &self,
+        part: Part,
+        key: &object_store::path::Path,
+        captured: u64,
+        status: CaptureStatus,
+        reason: Option<String>,
+    ) {
+        let inner = &self.inner;
+        self.with_body(part, |body| {
+            inner.settle(body, key, captured, status, reason)
+        });
+    }
+
+    pub(crate) fn record_failure(&self, part: Part, reason: &str) {
+        let key = self.id.body_key(part);
+        self.settle(
+            part,
+            &key,
+            0,
+            CaptureStatus::Failed,
+            Some(reason.to_owned()),
+        );
+    }
+
     pub(crate) fn trailers(&self, trailers: &HeaderMap) {
         if let Some(response) = self.record().response.as_mut() {
             response.trailers = header_pairs(trailers);
@@ -174,6 +210,7 @@ impl Drop for Exchange {
         let elapsed = self.elapsed_ms();
         let mut record = std::mem::take(self.record.get_mut().unwrap_or_else(|p| p.into_inner()));
         record.timings.end_ms.get_or_insert(elapsed);
-        self.inner.finish(record, self.id);
+        let held = std::mem::take(self.held.get_mut().unwrap_or_else(|p| p.into_inner()));
+        self.inner.finish(record, self.id, held);
     }
 }

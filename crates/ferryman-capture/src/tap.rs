@@ -4,7 +4,7 @@
 //! the shared queue is full or the store fails it gives up on that body.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -15,8 +15,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use crate::record::{CaptureStatus, Part};
 use crate::recorder::Exchange;
 
-/// Bodies up to this size are stored with one put; larger ones as a
-/// multipart upload of parts this big (S3's minimum part size).
+/// Bodies that end before this many kept bytes are written with their
+/// record, in one task; larger ones stream to an uploader of their own.
+const SMALL_BODY: usize = 256 << 10;
+/// The uploader stores bodies up to this size with one put; larger ones as
+/// a multipart upload of parts this big (S3's minimum part size).
 const PART_SIZE: usize = 5 << 20;
 /// Parts of one body being uploaded at once.
 const PARTS_IN_FLIGHT: usize = 2;
@@ -46,6 +49,21 @@ impl Abandon {
     }
 }
 
+/// Where kept bytes go: held while the body is small, streamed once it is not.
+enum Flow {
+    Holding(Vec<Bytes>, usize),
+    Streaming(UnboundedSender<Msg>),
+}
+
+/// A small body, complete or not, written out with its exchange's record.
+pub(crate) struct HeldBody {
+    pub(crate) part: Part,
+    pub(crate) chunks: Vec<Bytes>,
+    pub(crate) kept: usize,
+    pub(crate) size: u64,
+    pub(crate) complete: bool,
+}
+
 pub struct BodyTap {
     exchange: Arc<Exchange>,
     part: Part,
@@ -53,7 +71,7 @@ pub struct BodyTap {
     cap: Option<u64>,
     size: AtomicU64,
     abandon: Arc<Abandon>,
-    uploader: OnceLock<UnboundedSender<Msg>>,
+    flow: Mutex<Flow>,
     ended: AtomicBool,
 }
 
@@ -65,7 +83,7 @@ impl BodyTap {
             cap,
             size: AtomicU64::new(0),
             abandon: Arc::default(),
-            uploader: OnceLock::new(),
+            flow: Mutex::new(Flow::Holding(Vec::new(), 0)),
             ended: AtomicBool::new(false),
         }
     }
@@ -107,9 +125,31 @@ impl BodyTap {
         Some(keep)
     }
 
+    fn flow(&self) -> std::sync::MutexGuard<'_, Flow> {
+        self.flow
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn send(&self, chunk: Bytes) {
+        let mut flow = self.flow();
+        match &mut *flow {
+            Flow::Holding(chunks, kept) => {
+                *kept += chunk.len();
+                chunks.push(chunk);
+                if *kept >= SMALL_BODY {
+                    let held = std::mem::take(chunks);
+                    let uploader = self.spawn_uploader();
+                    held.into_iter().for_each(|c| self.forward(&uploader, c));
+                    *flow = Flow::Streaming(uploader);
+                }
+            }
+            Flow::Streaming(uploader) => self.forward(uploader, chunk),
+        }
+    }
+
+    fn forward(&self, uploader: &UnboundedSender<Msg>, chunk: Bytes) {
         let n = chunk.len();
-        let uploader = self.uploader.get_or_init(|| self.spawn_uploader());
         if uploader.send(Msg::Data(chunk)).is_err() {
             self.exchange.inner.queued.fetch_sub(n, Ordering::AcqRel);
         }
@@ -128,12 +168,31 @@ impl BodyTap {
         }
         let size = self.size.load(Ordering::Relaxed);
         self.exchange.body_ended(self.part, size);
-        match self.uploader.get() {
-            Some(uploader) => {
-                // The uploader records the outcome once the store has answered.
+        let mut flow = self.flow();
+        match &mut *flow {
+            // The uploader records the outcome once the store has answered.
+            Flow::Streaming(uploader) => {
                 let _ = uploader.send(Msg::End { size, complete });
             }
-            None => {
+            Flow::Holding(chunks, kept) if *kept > 0 => {
+                if let Some(reason) = self.abandon.reason() {
+                    // Kept bytes are released; nothing will be written.
+                    self.exchange
+                        .inner
+                        .queued
+                        .fetch_sub(*kept, Ordering::AcqRel);
+                    self.exchange.record_failure(self.part, reason);
+                } else {
+                    self.exchange.hold(HeldBody {
+                        part: self.part,
+                        chunks: std::mem::take(chunks),
+                        kept: *kept,
+                        size,
+                        complete,
+                    });
+                }
+            }
+            Flow::Holding(..) => {
                 let reason = self.abandon.reason().map(str::to_owned);
                 let status = match (&reason, self.cap) {
                     (Some(_), _) => CaptureStatus::Failed,
@@ -142,17 +201,12 @@ impl BodyTap {
                     // Every byte went past the cap (a cap of 0).
                     (None, Some(_)) => CaptureStatus::Truncated,
                 };
-                if status == CaptureStatus::Failed {
-                    self.exchange
-                        .inner
-                        .stats
-                        .bodies_failed
-                        .fetch_add(1, Ordering::Relaxed);
+                match reason {
+                    Some(reason) => self.exchange.record_failure(self.part, &reason),
+                    None => self
+                        .exchange
+                        .with_body(self.part, |body| body.capture = status),
                 }
-                self.exchange.with_body(self.part, |body| {
-                    body.capture = status;
-                    body.reason = reason;
-                });
             }
         }
     }
@@ -220,33 +274,28 @@ async fn upload(
             Err(_) => abandon.set(format!("store timed out after {timeout:?}")),
         }
     }
-    let (status, reason, key) = match (abandon.reason(), ended) {
-        (Some(reason), _) => (CaptureStatus::Failed, Some(reason.to_owned()), None),
-        (None, Some((size, true))) if captured == size => (CaptureStatus::Stored, None, Some(key)),
-        (None, Some((_, true))) => (
+    let (status, reason) = match abandon.reason() {
+        Some(reason) => (CaptureStatus::Failed, Some(reason.to_owned())),
+        None => outcome(captured, ended),
+    };
+    exchange.settle(part, &key, captured, status, reason);
+}
+
+/// What became of a body whose writing did not fail: `ended` is its full
+/// size and whether it ended properly, None if it never said.
+pub(crate) fn outcome(
+    captured: u64,
+    ended: Option<(u64, bool)>,
+) -> (CaptureStatus, Option<String>) {
+    match ended {
+        Some((size, true)) if captured == size => (CaptureStatus::Stored, None),
+        Some((_, true)) => (
             CaptureStatus::Truncated,
             Some(format!("kept the first {captured} bytes")),
-            Some(key),
         ),
-        (None, _) => (
+        _ => (
             CaptureStatus::Truncated,
             Some("the body broke off".to_owned()),
-            Some(key),
         ),
-    };
-    let counter = if status == CaptureStatus::Failed {
-        &inner.stats.bodies_failed
-    } else {
-        &inner.stats.bodies_stored
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
-    if status == CaptureStatus::Failed {
-        captured = 0;
     }
-    exchange.with_body(part, |body| {
-        body.captured = captured;
-        body.key = key.map(|k| k.to_string());
-        body.capture = status;
-        body.reason = reason;
-    });
 }
