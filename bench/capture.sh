@@ -52,17 +52,21 @@ for round in 1 2 3; do
     esac
     start_ferryman "$mode-$round" "${settings[@]}"
     out=$($bench --target "$target" --ca "$ferry_ca" --proxy "127.0.0.1:$ferry_port" rps --connections $CONNS --seconds "$DURATION")
+    ticks=$(cpu_ticks "$ferry_pid")
     stop_ferryman
     rps=$(echo "$out" | field rps)
+    requests=$(echo "$out" | field requests)
+    # ferryman's own CPU per exchange: steadier than requests/s on a shared box.
+    cpu_us=$(python3 -c "import os; print(round($ticks / os.sysconf('SC_CLK_TCK') / $requests * 1e6))")
     kept=""
     [ "$mode" = local ] && kept="records=$(records "$work/$mode-$round/capture")"
-    echo "round $round capture=$mode: $out $kept"
+    echo "round $round capture=$mode: $out ferryman_cpu_us_per_exchange=$cpu_us $kept"
     if [ -z "${best[$mode]:-}" ] || python3 -c "import sys; sys.exit(not $rps > ${best[$mode]})"; then
       best[$mode]=$rps
     fi
   done
 done
-echo "records in S3 after both rounds: $(find "$(s3 root)" -name exchange.json | wc -l)"
+echo "records in S3 after all rounds: $(find "$(s3 root)" -name exchange.json | wc -l) (each run adds one CONNECT record per connection)"
 python3 - "${best[off]}" "${best[local]}" "${best[s3]}" <<'PY'
 import sys
 off, local, s3 = map(float, sys.argv[1:])
@@ -106,11 +110,18 @@ end=$(date +%s.%N)
 sleep 1
 stop_ferryman
 wait "$sampler" 2>/dev/null || true
-stored=$(find "$work/upload/capture" -name request.body -size +1000000k | wc -l)
+stored=$(python3 - "$work/upload/index.sqlite" <<'PY'
+import json, sqlite3, sys
+rows = sqlite3.connect(sys.argv[1]).execute("select record from exchanges where url like '%/upload'")
+for (record,) in rows:
+    body = json.loads(record)["request"]["body"]
+    print(f"{body['capture']} ({body['captured']} of {body['size']} bytes{', ' + body['reason'] if body['reason'] else ''})")
+PY
+)
 python3 - "$idle" "$(cat "$work/peak")" "$start" "$end" "$stored" <<'PY'
 import sys
 idle, peak = int(sys.argv[1]), int(sys.argv[2])
 secs = float(sys.argv[4]) - float(sys.argv[3])
-print(f"idle {idle/1024:.1f} MiB, peak {peak/1024:.1f} MiB, upload {1024/secs:.0f} MiB/s, 1 GiB body stored: {sys.argv[5] == '1'}")
+print(f"idle {idle/1024:.1f} MiB, peak {peak/1024:.1f} MiB, upload {1024/secs:.0f} MiB/s, captured body: {sys.argv[5]}")
 print(f"RSS growth = {(peak-idle)/1024:.1f} MiB   (target <= 64 MiB)")
 PY

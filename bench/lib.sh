@@ -13,6 +13,8 @@ wait_for() { for _ in $(seq 200); do [ -e "$1" ] && return; sleep 0.05; done; ec
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "nothing on port $1"; exit 1; }
 # The value of key $1 in a line of key=value figures.
 field() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k {print $2}'; }
+# CPU time (user + system) process $1 has used, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Resident memory of process $1, in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 

@@ -175,7 +175,6 @@ impl IndexWorker {
                 row.get::<_, i64>(0)
             })
             .map_or(0, |n| n.max(0) as u64);
-        let mut last_age_check: Option<Instant> = None;
         while let Ok(first) = self.records.recv() {
             let mut batch = vec![first];
             let deadline = Instant::now() + LINGER;
@@ -200,15 +199,7 @@ impl IndexWorker {
                 }
             }
             let retention = &capture.config.retention;
-            let check_age = last_age_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-            if check_age {
-                last_age_check = Some(Instant::now());
-            }
-            match self.expire(
-                &mut rows,
-                retention.max_count,
-                check_age.then_some(retention.max_age),
-            ) {
+            match self.expire(&mut rows, retention.max_count, retention.max_age) {
                 Ok(expired) if !expired.is_empty() => capture.delete_objects(expired),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "index retention failed"),
@@ -249,16 +240,17 @@ impl IndexWorker {
         Ok(added)
     }
 
-    /// Deletes rows past the count limit and, when asked, older than
-    /// `max_age`; returns their ids so their objects go too.
+    /// Deletes rows past the count limit or older than `max_age` (two
+    /// probes of the time index, cheap enough for every batch); returns
+    /// their ids so their objects go too.
     fn expire(
         &mut self,
         rows: &mut u64,
         max_count: u64,
-        max_age: Option<Duration>,
+        max_age: Duration,
     ) -> rusqlite::Result<Vec<String>> {
         let mut ids: Vec<String> = Vec::new();
-        if let Some(max_age) = max_age {
+        {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default();

@@ -143,6 +143,9 @@ pub struct SessionSnapshot {
     pub kind: &'static str,
     pub client: String,
     pub target: String,
+    /// How the target is reached (`direct`; later an upstream proxy or an
+    /// agent group); none for a client connection.
+    pub outbound: Option<&'static str>,
     pub started_ms: u64,
     pub state: &'static str,
     pub closed_ms: Option<u64>,
@@ -503,6 +506,7 @@ impl Session {
             kind: self.kind().name(),
             client: self.client.to_string(),
             target: self.target.clone(),
+            outbound: self.parent.is_some().then_some("direct"),
             started_ms: unix_ms(self.started),
             state: if closed.is_some() { "closed" } else { "open" },
             closed_ms: closed.map(unix_ms),

@@ -360,6 +360,30 @@ async fn retention_and_an_index_rebuilt_from_the_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_older_than_the_retention_age_go_with_their_objects() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = CaptureConfig::default();
+    config.retention.max_age = Duration::from_millis(1);
+    let (proxy, capture) = capturing_proxy(config, data.path());
+    let backend = Backend::start(sizes_and_echo).await;
+    for _ in 0..3 {
+        through(&proxy, &[&backend.url("/size/100")]).await;
+    }
+    within(LIMIT, "captures written and expired", capture.settled()).await;
+    // Each record is older than 1 ms by the time it is indexed.
+    let left = capture.query(&Filter::default()).unwrap();
+    assert!(left.is_empty(), "{left:#?}");
+    let on_disk = walk(&data.path().join("capture"));
+    assert!(
+        on_disk
+            .iter()
+            .all(|p| !p.ends_with("exchange.json") && !p.ends_with(".body")),
+        "{on_disk:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_refused_locally_leaves_a_whole_record_and_no_upload() {
     let data = tempfile::tempdir().unwrap();
     let capture = Capture::start(CaptureConfig::default(), data.path()).unwrap();

@@ -163,6 +163,15 @@ fn run(config: Config) -> Result<(), String> {
         if !capture.settle_blocking(config.shutdown_grace) {
             tracing::warn!("some captures were still being written at exit");
         }
+        let stats = capture.stats();
+        let count = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            records_stored = count(&stats.records_stored),
+            records_failed = count(&stats.records_failed),
+            bodies_stored = count(&stats.bodies_stored),
+            bodies_failed = count(&stats.bodies_failed),
+            "capture"
+        );
     }
     tracing::info!("stopped");
     Ok(())
