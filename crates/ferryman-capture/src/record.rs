@@ -159,14 +159,18 @@ pub enum CaptureStatus {
     Failed,
 }
 
+/// Headers as recorded; the client's credentials for ferryman itself are
+/// not kept (they are ferryman's secret, not part of the traffic).
 pub fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
+            let value = if name == http::header::PROXY_AUTHORIZATION {
+                "<redacted>".into()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name.as_str().to_owned(), value)
         })
         .collect()
 }

@@ -177,7 +177,7 @@ async fn every_body_is_kept_whole_in_s3() {
 async fn a_failing_or_hanging_store_never_slows_or_breaks_the_traffic() {
     let server = S3Server::start().await;
     let mut config = s3_config(&server);
-    let store_timeout = Duration::from_secs(3);
+    let store_timeout = Duration::from_secs(5);
     config.store_timeout = store_timeout;
     config.max_queued_bytes = 4 << 20;
     let data = tempfile::tempdir().unwrap();
@@ -208,15 +208,18 @@ async fn a_failing_or_hanging_store_never_slows_or_breaks_the_traffic() {
     }
 
     // A hanging store: if anything on the forwarding path waited for it,
-    // each exchange would take the store timeout.
+    // an exchange would take the store timeout.
     server.set_mode(Mode::Hang);
-    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
     for _ in 0..10 {
+        let started = Instant::now();
         assert_eq!(through(&proxy, &[&small]).await, pattern(65536));
+        slowest = slowest.max(started.elapsed());
     }
+    let started = Instant::now();
     through(&proxy, &["-o", &large_file, &large]).await;
-    let elapsed = started.elapsed();
-    assert!(elapsed < store_timeout, "11 exchanges took {elapsed:?}");
+    slowest = slowest.max(started.elapsed());
+    assert!(slowest < store_timeout, "an exchange took {slowest:?}");
     assert_eq!(std::fs::read(&large_file).unwrap(), pattern(40 << 20));
     within(LIMIT * 3, "hung captures given up", capture.settled()).await;
     let all = capture.query(&Filter::default()).unwrap();
@@ -407,6 +410,8 @@ async fn a_request_refused_locally_leaves_a_whole_record_and_no_upload() {
     let (_, _, _) = curl(&[
         "-x",
         &proxy_url,
+        "--proxy-user",
+        "user:wrong",
         "--data-binary",
         "a body never read",
         &backend.url("/echo"),
@@ -422,6 +427,16 @@ async fn a_request_refused_locally_leaves_a_whole_record_and_no_upload() {
     assert_eq!(records.len(), 1);
     let record = &records[0];
     assert_eq!(record.response.as_ref().unwrap().status, 407);
+    let credentials = record
+        .request
+        .headers
+        .iter()
+        .find(|(n, _)| n == "proxy-authorization");
+    assert_eq!(
+        credentials.map(|(_, v)| v.as_str()),
+        Some("<redacted>"),
+        "proxy credentials are not kept"
+    );
     assert_eq!(record.request.body.key, None);
     assert_eq!(backend.requests(), 0);
     let files = walk(&data.path().join("capture"));
