@@ -122,37 +122,6 @@ async fn a_final_answer_reaches_the_client_without_the_body_being_read() {
     proxy.shutdown().await;
 }
 
-/// An HTTP/1.0 server knows nothing of 100-continue: it answers in two
-/// writes and closes, and its answer must not be lost with the body that
-/// was never sent.
-#[tokio::test]
-async fn an_http_1_0_answer_to_an_expecting_request_arrives_whole() {
-    let backend = RawBackend::start(|mut raw, _| async move {
-        raw.read_request_head().await;
-        raw.send(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n")
-            .await;
-        tokio::task::yield_now().await;
-        raw.send(b"ok").await;
-    })
-    .await;
-    let proxy = proxy().await;
-    for _ in 0..20 {
-        let mut raw = Raw::connect(proxy.local_addr()).await;
-        raw.send(
-            format!(
-                "PUT {} HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
-                backend.url("/old")
-            )
-            .as_bytes(),
-        )
-        .await;
-        let (head, body) = within(LIMIT, "the answer", raw.read_response(false)).await;
-        assert_eq!(head.status, 200);
-        assert_eq!(body.as_deref(), Ok(&b"ok"[..]));
-    }
-    proxy.shutdown().await;
-}
-
 #[tokio::test]
 async fn without_an_upstream_100_the_body_is_sent_after_the_wait() {
     // An upstream that reads the head, never says 100, and reads the body.

@@ -383,8 +383,10 @@ async fn other_schemes_are_refused_with_a_reason() {
     proxy.shutdown().await;
 }
 
-/// Servers may answer before reading the request body and close (an
-/// HTTP/1.0 server, a 413): the answer still reaches the client whole.
+/// Servers may answer before reading the request body, in more than one
+/// write, and close (an HTTP/1.0 server, a 413, one that knows nothing of
+/// 100-continue): the answer still reaches the client whole, also when the
+/// body was held for a 100 that never came.
 #[tokio::test]
 async fn an_answer_given_before_the_body_was_read_is_relayed_whole() {
     let backend = ferryman_testkit::backend::RawBackend::start(|mut raw, _| async move {
@@ -397,11 +399,13 @@ async fn an_answer_given_before_the_body_was_read_is_relayed_whole() {
     .await;
     let proxy = proxy().await;
     let url = backend.url("/early");
-    for framing in [
+    let framings = [
         "Content-Length: 0\r\n\r\n",
         "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         "Content-Length: 5\r\n\r\nhello",
-    ] {
+        "Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+    ];
+    for framing in framings.iter().flat_map(|f| std::iter::repeat_n(f, 10)) {
         let mut raw = Raw::connect(proxy.local_addr()).await;
         raw.send(format!("PUT {url} HTTP/1.1\r\nHost: x\r\n{framing}").as_bytes())
             .await;
