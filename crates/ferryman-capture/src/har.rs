@@ -8,11 +8,16 @@ use crate::record::{CaptureStatus, ExchangeRecord, Part};
 use crate::{Capture, Filter};
 
 impl Capture {
-    /// A HAR 1.2 document of the records matching `filter`, oldest first.
+    /// A HAR 1.2 document of the HTTP exchanges matching `filter`, oldest first.
     /// Bodies of at most `inline_limit` stored bytes are inlined (text, or
     /// base64 when not UTF-8); larger ones are referenced by their key.
     pub async fn har(&self, filter: &Filter, inline_limit: u64) -> Result<Value, String> {
-        let mut records = self.query(filter)?;
+        // Tunnels are not HTTP exchanges; HAR has no place for them.
+        let mut records: Vec<ExchangeRecord> = self
+            .query(filter)?
+            .into_iter()
+            .filter(|r| r.request.method != "CONNECT")
+            .collect();
         records.reverse();
         let mut entries = Vec::with_capacity(records.len());
         for record in &records {

@@ -91,7 +91,10 @@ impl Activity {
         if let Some(recorder) = &self.recorder {
             let url = self.target.to_string();
             recorder.request(self.method.as_str(), &url, version, headers);
-            self.tap(Part::Request, headers);
+            // A CONNECT has no body; what follows it is the tunnel.
+            if self.method != Method::CONNECT {
+                self.tap(Part::Request, headers);
+            }
         }
     }
 

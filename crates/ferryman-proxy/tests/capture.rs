@@ -287,8 +287,16 @@ async fn har_export_parses_and_matches_the_records() {
     )
     .await;
     through(&proxy, &[&backend.url("/size/2000")]).await;
+    // A tunnel gets a record of its own, with its bytes, but no HAR entry.
+    through(&proxy, &["-p", &backend.url("/size/10")]).await;
     within(LIMIT, "captures written", capture.settled()).await;
-    let records = capture.query(&Filter::default()).unwrap();
+    let mut records = capture.query(&Filter::default()).unwrap();
+    let tunnel = records.remove(0);
+    assert_eq!(tunnel.request.method, "CONNECT");
+    assert_eq!(tunnel.request.url, backend.addr.to_string());
+    assert_eq!(tunnel.response.as_ref().map(|r| r.status), Some(200));
+    assert!(tunnel.bytes_up > 0 && tunnel.bytes_down > 10, "{tunnel:#?}");
+    assert_eq!(tunnel.timings.request_sent_ms, None);
     let har = capture.har(&Filter::default(), 1 << 20).await.unwrap();
     let text = serde_json::to_string(&har).unwrap();
     let parsed = har::from_reader(text.as_bytes()).expect("HAR the har crate reads");
