@@ -20,6 +20,7 @@ use tracing::debug;
 
 use crate::activity::Activity;
 use crate::auth::ProxyAuth;
+use crate::closable::Closable;
 use crate::intercept::Interception;
 use crate::session::{SessionGuard, Sessions};
 use crate::ProxyConfig;
@@ -100,7 +101,10 @@ impl Handler {
             };
             log.respond(&response);
             *response.version_mut() = Version::HTTP_11;
-            response.map(|b| Observed::new(b, log, Direction::Down))
+            response.map(|b| {
+                let closable = body::boxed(Closable::new(b, closed));
+                Observed::new(closable, log, Direction::Down)
+            })
         })
     }
 

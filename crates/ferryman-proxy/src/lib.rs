@@ -3,6 +3,7 @@
 
 mod activity;
 mod auth;
+mod closable;
 pub mod config;
 mod counted;
 mod guard;

@@ -367,3 +367,43 @@ async fn closing_a_connection_closes_its_tunnel_first() {
     assert!(!sessions.close(root), "already closed");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn closing_an_exchange_ends_its_endless_response() {
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    let backend = Backend::start(move |_| {
+        let (sender, body) = ferryman_testkit::backend::channel_body();
+        keep.lock().unwrap().push(sender);
+        async move { Response::new(body) }
+    })
+    .await;
+    let sessions = Sessions::new(Duration::from_secs(60), 10);
+    let proxy = common::proxy_observed(Observers {
+        sessions: sessions.clone(),
+        capture: None,
+    });
+    let mut client = Metered::connect(proxy.local_addr()).await;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\n\r\n",
+        backend.url("/endless")
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut open = Vec::new();
+    eventually(LIMIT, "the exchange listed", || {
+        open = sessions.list();
+        open.iter().any(|s| s.kind == "exchange")
+    })
+    .await;
+    let exchange = find(&open, |s| s.kind == "exchange").id;
+    assert!(sessions.close(exchange));
+    let mut rest = Vec::new();
+    within(LIMIT, "the response cut off", client.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(held.lock().unwrap().len(), 1);
+    proxy.shutdown().await;
+}
