@@ -150,7 +150,12 @@ impl Handler {
         let Some(authority) = req.uri().authority().cloned() else {
             return local::text(StatusCode::BAD_REQUEST, "request target has no host");
         };
-        self.exchange(req, Target { authority, https }, log).await
+        let target = if https {
+            Target::https(authority)
+        } else {
+            Target::http(authority)
+        };
+        self.exchange(req, target, log).await
     }
 
     /// Sends the request to `target` and relays the answer.

@@ -401,3 +401,32 @@ async fn tunnel(proxy: std::net::SocketAddr, target: std::net::SocketAddr) -> Ra
     assert_eq!(raw.read_head().await.unwrap().status, 200);
     raw
 }
+
+/// A client that CONNECTs to an address and names the server in SNI gets
+/// the upstream checked against that name, as without ferryman; the name
+/// in CONNECT alone would fail (the certificate does not cover the address).
+#[tokio::test]
+async fn upstream_tls_is_checked_against_the_client_sni() {
+    let ca = TestCa::new();
+    let backend = Backend::start_tls(
+        ca.server_config_for("named.test", false, &[b"http/1.1"]),
+        |req| async move { Response::new(full(format!("named {}", req.uri().path()))) },
+    )
+    .await;
+    let (proxy, dir) = intercepting_proxy(&[ca.pem_path()], false, all()).await;
+    let raw = tunnel(proxy.local_addr(), backend.addr).await;
+    let mut tls = tokio_rustls::TlsConnector::from(common::trusting_ferryman(&dir))
+        .connect(ServerName::try_from("named.test").unwrap(), raw.stream)
+        .await
+        .expect("ferryman's leaf for named.test");
+    tls.write_all(b"GET /sni HTTP/1.1\r\nHost: named.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    within(LIMIT, "the answer", tls.read_to_string(&mut answer))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("named /sni"), "{answer}");
+    proxy.shutdown().await;
+}

@@ -39,11 +39,23 @@ impl TestCa {
 
     /// A server config for `localhost` and 127.0.0.1 with the given ALPN list.
     pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string()]).expect("leaf params");
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        self.server_config_for("localhost", true, alpn)
+    }
+
+    /// A server config whose certificate names `name`, and 127.0.0.1 only
+    /// when `with_ip`.
+    pub fn server_config_for(
+        &self,
+        name: &str,
+        with_ip: bool,
+        alpn: &[&[u8]],
+    ) -> Arc<rustls::ServerConfig> {
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("leaf params");
+        if with_ip {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        }
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf cert");
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));

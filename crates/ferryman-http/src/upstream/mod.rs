@@ -47,6 +47,9 @@ pub struct UpstreamClient {
 pub struct Target {
     pub authority: Authority,
     pub https: bool,
+    /// The name to ask for and verify over TLS when it is not the host
+    /// (a client that CONNECTs to an address and names the server in SNI).
+    pub server_name: Option<Arc<str>>,
 }
 
 impl Target {
@@ -54,6 +57,15 @@ impl Target {
         Self {
             authority,
             https: false,
+            server_name: None,
+        }
+    }
+
+    pub fn https(authority: Authority) -> Self {
+        Self {
+            authority,
+            https: true,
+            server_name: None,
         }
     }
 
@@ -194,7 +206,8 @@ impl UpstreamClient {
                     let stream =
                         connect::connect_tcp(host, port, deadline, &self.own_addrs).await?;
                     let sender = if target.https {
-                        let tls = self.handshake_tls(host, stream, deadline).await?;
+                        let name = target.server_name.as_deref().unwrap_or(host);
+                        let tls = self.handshake_tls(name, stream, deadline).await?;
                         self.start(tls, slot).await?
                     } else {
                         self.start(stream, slot).await?

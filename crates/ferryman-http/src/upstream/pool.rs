@@ -23,6 +23,7 @@ pub(crate) struct PoolKey {
     authority: Authority,
     port: u16,
     https: bool,
+    server_name: Option<Arc<str>>,
 }
 
 impl Hash for PoolKey {
@@ -38,6 +39,9 @@ impl Hash for PoolKey {
         }
         state.write_u16(self.port);
         state.write_u8(u8::from(self.https));
+        if let Some(name) = &self.server_name {
+            state.write(name.as_bytes());
+        }
     }
 }
 
@@ -47,6 +51,7 @@ impl PoolKey {
             authority: target.authority.clone(),
             port: target.port(),
             https: target.https,
+            server_name: target.server_name.clone(),
         }
     }
 }

@@ -237,9 +237,16 @@ async fn tls(
             };
             facts.alpn = alpn.map(|p| String::from_utf8_lossy(p).into_owned());
             log.tls(facts.clone());
+            // Upstream is asked for, and checked against, the name the
+            // client asked for, as it would have been without ferryman.
+            let server_name = facts
+                .sni
+                .as_deref()
+                .filter(|sni| !sni.eq_ignore_ascii_case(authority.host()))
+                .map(Arc::from);
             let target = Target {
-                authority,
-                https: true,
+                server_name,
+                ..Target::https(authority)
             };
             serve_http(stream, protocol, shared, session, Some(target), Some(facts)).await;
         }
