@@ -80,17 +80,17 @@ impl Activity {
         }
     }
 
-    pub(crate) fn tls(&self, facts: ferryman_capture::TlsFacts) {
+    pub(crate) fn tls(&self, facts: &ferryman_capture::TlsFacts) {
         if let Some(recorder) = &self.recorder {
-            recorder.tls(facts);
+            recorder.tls(facts.clone());
         }
     }
 
     /// The request head, as the client sent it.
     pub(crate) fn request(&self, version: http::Version, headers: &HeaderMap) {
         if let Some(recorder) = &self.recorder {
-            let url = self.target.to_string();
-            recorder.request(self.method.as_str(), &url, version, headers);
+            let url = self.session.target();
+            recorder.request(self.method.as_str(), url, version, headers);
             // A CONNECT has no body; what follows it is the tunnel.
             if self.method != Method::CONNECT {
                 self.tap(Part::Request, headers);

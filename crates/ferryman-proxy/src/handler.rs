@@ -56,7 +56,7 @@ pub(crate) struct Shared {
 }
 
 pub(crate) type HandleFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Response<Observed<ProxyBody>>> + Send>>;
+    std::pin::Pin<Box<dyn std::future::Future<Output = Response<Observed<Closable>>> + Send>>;
 
 #[derive(Clone)]
 pub(crate) struct Handler {
@@ -89,7 +89,7 @@ impl Handler {
             ));
             log.request(req.version(), req.headers());
             if let Some(tls) = &self.tls {
-                log.tls(TlsFacts::clone(tls));
+                log.tls(tls);
             }
             let closed = log.session().cancelled().clone();
             let mut response = tokio::select! {
@@ -101,10 +101,7 @@ impl Handler {
             };
             log.respond(&response);
             *response.version_mut() = Version::HTTP_11;
-            response.map(|b| {
-                let closable = body::boxed(Closable::new(b, closed));
-                Observed::new(closable, log, Direction::Down)
-            })
+            response.map(|b| Observed::new(Closable::new(b, closed), log, Direction::Down))
         })
     }
 

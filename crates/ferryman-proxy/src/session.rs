@@ -430,6 +430,11 @@ impl Session {
         self.kind.store(kind as u8, Ordering::Relaxed);
     }
 
+    /// What the session is about: a URL for an exchange, `host:port` for a tunnel.
+    pub(crate) fn target(&self) -> &str {
+        &self.target
+    }
+
     pub(crate) fn client(&self) -> SocketAddr {
         self.client
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::{intercepting_proxy_observed, trusting_ferryman, LIMIT};
+use common::{intercepting_proxy_observed, request_over, tls_trusting_ferryman, LIMIT};
 use ferryman_proxy::session::SessionSnapshot;
 use ferryman_proxy::{InterceptConfig, Observers, Sessions};
 use ferryman_testkit::backend::{full, Backend};
@@ -18,7 +18,6 @@ use ferryman_testkit::tls::TestCa;
 use ferryman_testkit::{eventually, pattern, within};
 use http::Response;
 use http_body_util::BodyExt;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -194,17 +193,9 @@ async fn counters_equal_the_bytes_on_the_wire() {
     let (c_up, c_down) = c.counts();
     c.connect_to(&secure.addr.to_string()).await;
     let (c_head_up, c_head_down) = (load(&c_up), load(&c_down));
-    let mut tls = tokio_rustls::TlsConnector::from(trusting_ferryman(&dir))
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), c)
-        .await
-        .expect("intercepted TLS");
-    tls.write_all(b"GET /size/3000 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    within(LIMIT, "C's response", tls.read_to_end(&mut answer))
-        .await
-        .unwrap();
+    let mut tls = tls_trusting_ferryman(&dir, "127.0.0.1", c).await;
+    let request = b"GET /size/3000 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let answer = request_over(&mut tls, request).await;
     assert!(answer.ends_with(&pattern(3000)));
     drop(tls);
 

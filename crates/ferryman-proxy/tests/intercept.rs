@@ -328,10 +328,7 @@ async fn intercepted_tls(
     target: std::net::SocketAddr,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let raw = tunnel(proxy.local_addr(), target).await;
-    tokio_rustls::TlsConnector::from(common::trusting_ferryman(dir))
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), raw.stream)
-        .await
-        .expect("ferryman's leaf, trusted through its CA")
+    common::tls_trusting_ferryman(dir, "127.0.0.1", raw.stream).await
 }
 
 #[tokio::test]
@@ -415,17 +412,9 @@ async fn upstream_tls_is_checked_against_the_client_sni() {
     .await;
     let (proxy, dir) = intercepting_proxy(&[ca.pem_path()], false, all()).await;
     let raw = tunnel(proxy.local_addr(), backend.addr).await;
-    let mut tls = tokio_rustls::TlsConnector::from(common::trusting_ferryman(&dir))
-        .connect(ServerName::try_from("named.test").unwrap(), raw.stream)
-        .await
-        .expect("ferryman's leaf for named.test");
-    tls.write_all(b"GET /sni HTTP/1.1\r\nHost: named.test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    within(LIMIT, "the answer", tls.read_to_string(&mut answer))
-        .await
-        .unwrap();
+    let mut tls = common::tls_trusting_ferryman(&dir, "named.test", raw.stream).await;
+    let request = b"GET /sni HTTP/1.1\r\nHost: named.test\r\nConnection: close\r\n\r\n";
+    let answer = String::from_utf8(common::request_over(&mut tls, request).await).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("named /sni"), "{answer}");
     proxy.shutdown().await;

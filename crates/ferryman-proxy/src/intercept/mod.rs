@@ -193,7 +193,7 @@ async fn tls(
     });
     let understood = offer.as_ref().is_none_or(|list| !list.is_empty());
     if !understood || !interception.intercepts(&name) {
-        log.tls(facts);
+        log.tls(&facts);
         record(
             relay_bytes(socket, upstream, &hello_bytes, &session).await,
             &log,
@@ -204,7 +204,7 @@ async fn tls(
         Ok(leaf) => leaf,
         Err(e) => {
             debug!(error = %e, "no certificate to intercept with; passing through");
-            log.tls(facts);
+            log.tls(&facts);
             record(
                 relay_bytes(socket, upstream, &hello_bytes, &session).await,
                 &log,
@@ -236,7 +236,7 @@ async fn tls(
                 _ => Protocol::Http1,
             };
             facts.alpn = alpn.map(|p| String::from_utf8_lossy(p).into_owned());
-            log.tls(facts.clone());
+            log.tls(&facts);
             // Upstream is asked for, and checked against, the name the
             // client asked for, as it would have been without ferryman.
             let server_name = facts
@@ -254,7 +254,7 @@ async fn tls(
             if rejected_our_certificate(&e) {
                 interception.rules.rejected_by_client(&name);
             }
-            log.tls(facts);
+            log.tls(&facts);
             log.fail(format!("client TLS handshake failed: {e}"));
             log.abort();
             debug!(error = %e, host = %name, "client TLS handshake failed");

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ferryman_http::UpstreamConfig;
 use ferryman_proxy::{ForwardProxy, Observers, ProxyConfig, RunningProxy, Sessions};
+use ferryman_testkit::within;
 
 pub async fn proxy() -> RunningProxy {
     proxy_with(|_, _| {}).await
@@ -124,8 +125,16 @@ pub async fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
 
 pub const LIMIT: Duration = Duration::from_secs(10);
 
-/// A TLS client config trusting only the CA ferryman keeps in `dir`, speaking HTTP/1.1.
-pub fn trusting_ferryman(dir: &tempfile::TempDir) -> std::sync::Arc<rustls::ClientConfig> {
+/// TLS over `io` (a tunnel through an intercepting proxy) to `name`,
+/// trusting only the CA ferryman keeps in `dir`, speaking HTTP/1.1.
+pub async fn tls_trusting_ferryman<IO>(
+    dir: &tempfile::TempDir,
+    name: &str,
+    io: IO,
+) -> tokio_rustls::client::TlsStream<IO>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(dir.path().join("ferryman-ca.pem")).expect("ferryman's CA");
     for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
@@ -140,5 +149,24 @@ pub fn trusting_ferryman(dir: &tempfile::TempDir) -> std::sync::Arc<rustls::Clie
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    std::sync::Arc::new(config)
+    let name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("a server name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, io)
+        .await
+        .expect("ferryman's leaf, trusted through its CA")
+}
+
+/// Writes `request` (which should ask for `Connection: close`) and reads
+/// everything that comes back.
+pub async fn request_over<IO>(io: &mut IO, request: &[u8]) -> Vec<u8>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(request).await.expect("request written");
+    let mut answer = Vec::new();
+    within(LIMIT, "the answer", io.read_to_end(&mut answer))
+        .await
+        .expect("answer read");
+    answer
 }
