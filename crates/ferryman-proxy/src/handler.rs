@@ -87,7 +87,8 @@ impl Handler {
                 target,
                 common.capture.as_ref(),
             ));
-            log.request(req.version(), req.headers());
+            let client_version = req.version();
+            log.request(client_version, req.headers());
             if let Some(tls) = &self.tls {
                 log.tls(tls);
             }
@@ -99,8 +100,13 @@ impl Handler {
                     local::text(StatusCode::SERVICE_UNAVAILABLE, "closed by the administrator")
                 }
             };
+            // What the client is answered in: HTTP/2 on an HTTP/2
+            // connection, HTTP/1.1 on any other.
+            *response.version_mut() = match client_version {
+                Version::HTTP_2 => Version::HTTP_2,
+                _ => Version::HTTP_11,
+            };
             log.respond(&response);
-            *response.version_mut() = Version::HTTP_11;
             response.map(|b| Observed::new(Closable::new(b, closed), log, Direction::Down))
         })
     }

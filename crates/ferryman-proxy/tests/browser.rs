@@ -118,6 +118,20 @@ async fn chromium_loads_an_https_page_and_its_subresources_through_interception(
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
+        // Chromium still calls Google (component updates, sign-in, network
+        // time) with the flags above; these turn that off or point it at a
+        // closed loopback port. The session check after the run catches any
+        // request that would still leave loopback.
+        "--disable-extensions",
+        "--disable-default-apps",
+        "--disable-component-extensions-with-background-pages",
+        "--metrics-recording-only",
+        "--enable-automation",
+        "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate",
+        "--component-updater=url-source=http://127.0.0.1:1/",
+        "--gaia-url=http://127.0.0.1:1/",
+        "--google-apis-url=http://127.0.0.1:1/",
+        "--lso-url=http://127.0.0.1:1/",
         &format!("--user-data-dir={}", profile.display()),
         &format!("--proxy-server=http://{}", proxy.local_addr()),
         // Chromium never proxies loopback unless told to.
@@ -138,5 +152,27 @@ async fn chromium_loads_an_https_page_and_its_subresources_through_interception(
             "{path} through ferryman: {seen:?}"
         );
     }
+    // The browser's own background traffic must not have left loopback.
+    let sessions = proxy.sessions();
+    let mut beyond = Vec::new();
+    for session in sessions.list().iter().chain(&sessions.history()) {
+        let target = &session.target;
+        let loopback = target.is_empty()
+            || [
+                "127.0.0.1",
+                "http://127.0.0.1",
+                "https://127.0.0.1",
+                "localhost",
+            ]
+            .iter()
+            .any(|prefix| target.starts_with(prefix));
+        if !loopback {
+            beyond.push(target.clone());
+        }
+    }
+    assert!(
+        beyond.is_empty(),
+        "chromium went beyond loopback: {beyond:#?}"
+    );
     proxy.shutdown().await;
 }
