@@ -30,7 +30,7 @@ s3_settings=(--set capture.store.kind=s3 --set "capture.store.endpoint=$(s3 endp
 start_ferryman() {
   local name=$1; shift
   ferry_port=$(free_port)
-  target/release/ferryman --proxy-listen "127.0.0.1:$ferry_port" --data-dir "$work/$name" \
+  target/release/ferryman --proxy-listen "127.0.0.1:$ferry_port" --admin-listen 127.0.0.1:0 --data-dir "$work/$name" \
     --set "tls.upstream_ca_files=[\"$work/origin-ca.pem\"]" --set upstream.max_idle_per_host=256 \
     "$@" 2>"$work/$name.log" &
   ferry_pid=$!

@@ -73,7 +73,7 @@ nginx -c "$work/nginx-proxy.conf"
 
 start_ferryman() {
   ferry_port=$(free_port)
-  "$bin" --proxy-listen "127.0.0.1:$ferry_port" --data-dir "$work/data" \
+  "$bin" --proxy-listen "127.0.0.1:$ferry_port" --admin-listen 127.0.0.1:0 --data-dir "$work/data" \
     --set upstream.max_idle_per_host=256 --set intercept.mode=none --set capture.enabled=false "$@" 2>"$work/ferryman.log" &
   ferry_pid=$!
   pids+=("$ferry_pid")

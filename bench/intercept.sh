@@ -20,7 +20,7 @@ start_tls_origin
 
 # --- ferryman, intercepting everything, trusting the origin's certificate --
 ferry_port=$(free_port)
-target/release/ferryman --proxy-listen "127.0.0.1:$ferry_port" --data-dir "$work/data" \
+target/release/ferryman --proxy-listen "127.0.0.1:$ferry_port" --admin-listen 127.0.0.1:0 --data-dir "$work/data" \
   --set "tls.upstream_ca_files=[\"$work/origin-ca.pem\"]" --set upstream.max_idle_per_host=256 \
   --set capture.enabled=false 2>"$work/ferryman.log" &
 pids+=($!)

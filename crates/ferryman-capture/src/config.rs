@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ferryman_http::config::{humantime_serde, Invalid};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureConfig {
     /// Record exchanges and keep their bodies.
@@ -52,7 +52,7 @@ impl Default for CaptureConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Exchanges older than this are deleted with their bodies.
@@ -72,7 +72,7 @@ impl Default for RetentionConfig {
 }
 
 /// Where bodies and records are written.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// A directory (`dir`, by default `capture` in the data directory).
@@ -82,7 +82,7 @@ pub enum StoreKind {
     S3,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub kind: StoreKind,
@@ -115,6 +115,16 @@ impl Secret {
         &self.0
     }
 }
+
+/// Shown, serialized, as a placeholder: the API never returns a secret.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(REDACTED)
+    }
+}
+
+/// What a secret looks like wherever it is shown.
+pub const REDACTED: &str = "<redacted>";
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
@@ -52,6 +52,10 @@ pub struct Filter {
     pub host: Option<String>,
     pub method: Option<String>,
     pub status: Option<u16>,
+    /// Response content type, by prefix (`image/`, `application/json`).
+    pub content_type: Option<String>,
+    /// Text anywhere in the URL.
+    pub text: Option<String>,
     pub limit: Option<usize>,
     pub offset: usize,
 }
@@ -125,6 +129,15 @@ impl Index {
             sql.push_str(" AND status = ?");
             values.push(i64::from(status).into());
         }
+        if let Some(prefix) = &filter.content_type {
+            sql.push_str(" AND substr(lower(content_type), 1, ?) = ?");
+            values.push((prefix.len() as i64).into());
+            values.push(prefix.to_ascii_lowercase().into());
+        }
+        if let Some(text) = &filter.text {
+            sql.push_str(" AND instr(url, ?) > 0");
+            values.push(text.clone().into());
+        }
         sql.push_str(" ORDER BY started_ms DESC, id DESC LIMIT ? OFFSET ?");
         values.push(filter.limit.map_or(-1, |l| l as i64).into());
         values.push((filter.offset as i64).into());
@@ -188,8 +201,17 @@ impl IndexWorker {
             let Some(capture) = weak.upgrade() else {
                 return;
             };
+            let count = batch.len();
             match self.write(&batch) {
-                Ok(added) => rows += added,
+                Ok(added) => {
+                    rows += added;
+                    // Only once committed: a watcher may look the record up.
+                    if capture.indexed.receiver_count() > 0 {
+                        for (record, _) in batch.drain(..) {
+                            let _ = capture.indexed.send(Arc::new(record));
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, records = batch.len(), "index write failed");
                     capture
@@ -204,7 +226,7 @@ impl IndexWorker {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "index retention failed"),
             }
-            capture.end_pending(batch.len());
+            capture.end_pending(count);
         }
     }
 

@@ -23,7 +23,7 @@ use object_store::ObjectStore;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
-pub use config::{CaptureConfig, Secret, StoreKind};
+pub use config::{CaptureConfig, Secret, StoreKind, REDACTED};
 pub use index::Filter;
 pub use record::{
     BodyRecord, CaptureStatus, ExchangeId, ExchangeRecord, Part, RequestRecord, ResponseRecord,
@@ -32,6 +32,9 @@ pub use record::{
 pub use recorder::Recorder;
 pub use tap::BodyTap;
 use tap::HeldBody;
+
+/// Records a watcher may fall behind by before it misses some.
+const WATCH_QUEUE: usize = 4096;
 
 /// Capture counters, for metrics and tests.
 #[derive(Debug, Default)]
@@ -65,6 +68,8 @@ pub(crate) struct Inner {
     settled: Notify,
     index: index::Index,
     finished: tokio::sync::mpsc::Sender<writer::Finished>,
+    /// Records as they enter the index, for whoever watches live.
+    pub(crate) indexed: tokio::sync::broadcast::Sender<Arc<ExchangeRecord>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -103,6 +108,7 @@ impl Capture {
             settled: Notify::new(),
             index,
             finished,
+            indexed: tokio::sync::broadcast::channel(WATCH_QUEUE).0,
             _stop: stop,
         });
         worker.spawn(Arc::downgrade(&inner))?;
@@ -132,6 +138,13 @@ impl Capture {
     pub fn begin(&self, session_id: u64, parent_id: Option<u64>, client: String) -> Recorder {
         self.inner.begin_pending();
         Recorder::new(self.inner.clone(), session_id, parent_id, client)
+    }
+
+    /// Every record from now on, once it is in the index. A watcher that
+    /// falls more than a few thousand records behind misses some (and is told
+    /// so by the channel) instead of holding capture back.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<Arc<ExchangeRecord>> {
+        self.inner.indexed.subscribe()
     }
 
     /// Resolves once every exchange begun so far is in the index.

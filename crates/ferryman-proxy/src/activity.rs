@@ -182,6 +182,16 @@ impl Drop for Activity {
                 recorder.error("aborted before its end");
             }
         }
+        let status = *self.status.get_mut();
+        if matches!(kind, Kind::Exchange | Kind::Websocket) {
+            let inbound = if self.session.parent_kind() == Some(Kind::Http) {
+                "forward"
+            } else {
+                "intercepted"
+            };
+            metrics::counter!("ferryman_requests_total", "inbound" => inbound, "status" => status_class(status))
+                .increment(1);
+        }
         tracing::info!(
             target: "ferryman::access",
             kind = kind.name(),
@@ -189,11 +199,23 @@ impl Drop for Activity {
             client = %self.session.client(),
             method = %self.method,
             target = %self.target,
-            status = *self.status.get_mut(),
+            status,
             bytes_up = up,
             bytes_down = down,
             duration_ms = self.session.elapsed_ms(),
             aborted,
         );
+    }
+}
+
+/// `2xx`, `4xx`...; `none` when no response was sent.
+fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "none",
     }
 }

@@ -2,15 +2,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferryman_http::config::{humantime_serde, Invalid};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The forward proxy listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Accepted `user:password` pairs for Basic proxy authentication; empty
     /// means no authentication.
+    #[serde(serialize_with = "without_passwords")]
     pub auth: Vec<String>,
     /// Listening beyond loopback without `auth` is refused unless this is set.
     pub allow_open_proxy: bool,
@@ -42,6 +43,14 @@ impl Default for ProxyConfig {
             max_connections: 0,
         }
     }
+}
+
+/// `user:<redacted>`: who may use the proxy is shown, never how.
+fn without_passwords<S: serde::Serializer>(pairs: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(pairs.iter().map(|pair| {
+        let user = pair.split_once(':').map_or(pair.as_str(), |(user, _)| user);
+        format!("{user}:{}", ferryman_capture::REDACTED)
+    }))
 }
 
 impl ProxyConfig {

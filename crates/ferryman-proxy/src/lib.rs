@@ -19,4 +19,4 @@ mod tunnel;
 pub use config::ProxyConfig;
 pub use intercept::{InterceptConfig, InterceptMode, Interception};
 pub use server::{ForwardProxy, Observers, RunningProxy};
-pub use session::Sessions;
+pub use session::{KeyedBytes, SessionSnapshot, Sessions, TrafficSnapshot};

@@ -94,6 +94,11 @@ impl ForwardProxy {
         self.common.listen
     }
 
+    /// Interception, to change its rules while running.
+    pub fn interception(&self) -> Option<Arc<Interception>> {
+        self.common.interception.clone()
+    }
+
     pub fn sessions(&self) -> &Sessions {
         &self.common.sessions
     }

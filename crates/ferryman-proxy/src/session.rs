@@ -292,6 +292,19 @@ impl Sessions {
         all
     }
 
+    /// Open sessions counted by kind; every kind is listed, zero or not.
+    pub fn active_by_kind(&self) -> Vec<(&'static str, usize)> {
+        let mut counts = [0usize; Kind::ALL.len()];
+        for session in lock(&self.inner.open).values() {
+            counts[session.kind() as usize] += 1;
+        }
+        Kind::ALL
+            .iter()
+            .zip(counts)
+            .map(|(kind, n)| (kind.name(), n))
+            .collect()
+    }
+
     /// Sessions closed longer ago than the linger time, oldest first.
     pub fn history(&self) -> Vec<SessionSnapshot> {
         self.inner.expire();
@@ -420,6 +433,10 @@ impl Session {
 
     pub fn parent_id(&self) -> Option<u64> {
         self.parent.as_ref().map(|p| p.id)
+    }
+
+    pub(crate) fn parent_kind(&self) -> Option<Kind> {
+        self.parent.as_ref().map(|p| p.kind())
     }
 
     pub(crate) fn kind(&self) -> Kind {

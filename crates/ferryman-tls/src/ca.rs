@@ -106,6 +106,11 @@ impl CertificateAuthority {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
+        if let Some(leaf) = self.leaves.get(&host) {
+            metrics::counter!("ferryman_leaf_cache_total", "result" => "hit").increment(1);
+            return Ok(leaf);
+        }
+        metrics::counter!("ferryman_leaf_cache_total", "result" => "miss").increment(1);
         self.leaves
             .try_get_with(host.clone(), || self.mint(&host))
             .map_err(|e| TlsError::Mint {

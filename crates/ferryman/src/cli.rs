@@ -91,7 +91,7 @@ pub enum CertFormat {
     Der,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -104,6 +104,10 @@ pub struct Overrides {
     /// Address of the forward proxy listener (proxy.listen).
     #[arg(long, global = true, value_name = "ADDR")]
     pub proxy_listen: Option<SocketAddr>,
+
+    /// Address of the admin listener: API, dashboard, metrics (admin.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
 
     /// Where ferryman keeps its state (data_dir).
     #[arg(long, global = true, value_name = "DIR")]
@@ -125,6 +129,9 @@ impl Overrides {
         let mut all = Vec::new();
         if let Some(addr) = self.proxy_listen {
             all.push(format!("proxy.listen={addr}"));
+        }
+        if let Some(addr) = self.admin_listen {
+            all.push(format!("admin.listen={addr}"));
         }
         if let Some(dir) = &self.data_dir {
             all.push(format!("data_dir={}", dir.display()));

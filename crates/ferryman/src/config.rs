@@ -5,16 +5,17 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ferryman_admin::AdminConfig;
 use ferryman_capture::CaptureConfig;
 use ferryman_http::config::{humantime_serde, Invalid};
 use ferryman_http::UpstreamConfig;
 use ferryman_proxy::{InterceptConfig, ProxyConfig};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
 use crate::cli::LogFormat;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where ferryman keeps its state; created if missing.
@@ -30,11 +31,12 @@ pub struct Config {
     pub intercept: InterceptConfig,
     pub capture: CaptureConfig,
     pub sessions: SessionsConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
 }
 
 /// The connection table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsConfig {
     /// How long a closed session stays listed as closed.
@@ -54,7 +56,7 @@ impl Default for SessionsConfig {
 }
 
 /// The certificate authority used for interception.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// A CA certificate (PEM) to use instead of ferryman's own; needs `ca_key`.
@@ -95,7 +97,7 @@ impl TlsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -121,6 +123,7 @@ impl Default for Config {
             intercept: InterceptConfig::default(),
             capture: CaptureConfig::default(),
             sessions: SessionsConfig::default(),
+            admin: AdminConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -176,6 +179,11 @@ impl Config {
     }
 
     pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Self, ConfigError> {
+        Self::from_table(Self::table(file, overrides)?)
+    }
+
+    /// The file's table with the overrides applied, not yet checked.
+    pub fn table(file: Option<&Path>, overrides: &[String]) -> Result<Table, ConfigError> {
         let mut table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -188,10 +196,14 @@ impl Config {
         for setting in overrides {
             apply_override(&mut table, setting)?;
         }
+        Ok(table)
+    }
+
+    pub fn from_table(table: Table) -> Result<Self, ConfigError> {
         let config: Config = serde_path_to_error::deserialize(Value::Table(table.clone()))
             .map_err(|e| {
                 let key = e.path().to_string();
-                let shown = lookup(&table, &key).map_or_else(String::new, |v| format!(" = {v}"));
+                let shown = shown(&table, &key).unwrap_or_default();
                 refuse(format!("{key}{shown}: {}", e.inner()))
             })?;
         config.validate(&table)?;
@@ -205,6 +217,7 @@ impl Config {
         self.tls.validate(&mut invalid);
         self.intercept.validate(&mut invalid);
         self.capture.validate(&mut invalid);
+        self.admin.validate(&mut invalid);
         if invalid.is_empty() {
             return Ok(());
         }
@@ -212,8 +225,7 @@ impl Config {
             invalid
                 .into_iter()
                 .map(|i| {
-                    let shown = lookup(table, &i.key)
-                        .map_or_else(|| " (default)".to_string(), |v| format!(" = {v}"));
+                    let shown = shown(table, &i.key).unwrap_or_else(|| " (default)".to_string());
                     format!("{}{shown}: {}", i.key, i.reason)
                 })
                 .collect(),
@@ -223,7 +235,7 @@ impl Config {
 
 /// `a.b.c=value`: the value is read as TOML (numbers, booleans, arrays,
 /// quoted strings) and otherwise taken as a plain string.
-fn apply_override(table: &mut Table, setting: &str) -> Result<(), ConfigError> {
+pub fn apply_override(table: &mut Table, setting: &str) -> Result<(), ConfigError> {
     let Some((key, raw)) = setting.split_once('=') else {
         return Err(refuse(format!(
             "--set {setting}: expected KEY=VALUE, e.g. --set proxy.listen=127.0.0.1:3128"
@@ -256,6 +268,17 @@ fn apply_override(table: &mut Table, setting: &str) -> Result<(), ConfigError> {
     }
     node.insert(last.to_string(), value);
     Ok(())
+}
+
+/// ` = value` for messages; a secret's value is never shown.
+fn shown(table: &Table, key: &str) -> Option<String> {
+    let value = lookup(table, key)?;
+    let secret = key.ends_with("token") || key.ends_with("secret_access_key");
+    Some(if secret {
+        format!(" = \"{}\"", ferryman_capture::REDACTED)
+    } else {
+        format!(" = {value}")
+    })
 }
 
 fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
@@ -384,6 +407,26 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn admin_beyond_loopback_needs_a_token_and_errors_never_show_it() {
+        let e = load("", &["admin.listen=0.0.0.0:8081"]).unwrap_err();
+        assert!(
+            e.contains("admin.listen = \"0.0.0.0:8081\"") && e.contains("admin.token"),
+            "{e}"
+        );
+        let e = load("", &["admin.listen=0.0.0.0:8081", "admin.token=short"]).unwrap_err();
+        assert!(
+            e.contains("admin.token = \"<redacted>\": must be at least 16"),
+            "{e}"
+        );
+        assert!(!e.contains("short"), "{e}");
+        assert!(load(
+            "",
+            &["admin.listen=0.0.0.0:8081", "admin.token=0123456789abcdef"]
+        )
+        .is_ok());
     }
 
     #[test]

@@ -106,8 +106,9 @@ impl Drop for FlushOnDrop {
     }
 }
 
-/// `RUST_LOG` wins over the default of `info`.
-pub fn init(format: LogFormat) -> FlushOnDrop {
+/// `RUST_LOG` wins over the default of `info`. Events also go to `feed`,
+/// the admin listener's `logs` topic.
+pub fn init(format: LogFormat, feed: &ferryman_admin::LogFeed) -> FlushOnDrop {
     let batch = Arc::new(Batch::default());
     let flusher = batch.clone();
     let started = std::thread::Builder::new()
@@ -122,15 +123,22 @@ pub fn init(format: LogFormat) -> FlushOnDrop {
     if let Err(e) = started {
         eprintln!("ferryman: no log flusher thread ({e}); logs appear only at exit");
     }
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(BatchWriter(batch.clone()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let lines = match format {
+        LogFormat::Json => lines.json().boxed(),
+        LogFormat::Text => lines.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(feed.layer())
+        .init();
     FlushOnDrop(batch)
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod export;
 mod logging;
+mod settings;
 
 use std::process::ExitCode;
 
@@ -58,15 +59,18 @@ fn main() -> ExitCode {
         }),
         Some(Command::Ca(ref command)) => offline(&cli, |config| ca(config, command)),
         Some(Command::Run) | None => {
-            let config = match Config::load(cli.config.as_deref(), &cli.overrides.settings()) {
-                Ok(config) => config,
+            let loaded = Config::table(cli.config.as_deref(), &cli.overrides.settings())
+                .and_then(|table| Ok((Config::from_table(table.clone())?, table)));
+            let (config, table) = match loaded {
+                Ok(loaded) => loaded,
                 Err(e) => {
                     eprintln!("{e}");
                     return ExitCode::from(2);
                 }
             };
-            let _flush_on_exit = logging::init(config.log.format);
-            match run(config) {
+            let logs = ferryman_admin::LogFeed::default();
+            let _flush_on_exit = logging::init(config.log.format, &logs);
+            match run(config, table, logs) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -115,15 +119,19 @@ fn ca(config: &Config, command: &CaCommand) -> Result<(), String> {
     }
 }
 
-fn run(config: Config) -> Result<(), String> {
+fn run(config: Config, table: toml::Table, logs: ferryman_admin::LogFeed) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
-    let ca = config.open_ca()?;
+    let ca = std::sync::Arc::new(config.open_ca()?);
     tracing::info!(cert = %ca.cert_path().display(), "certificate authority");
     raise_open_file_limit();
     let upstream_tls = config.upstream_tls()?;
-    let interception =
-        ferryman_proxy::Interception::new(std::sync::Arc::new(ca), config.intercept.clone());
+    let metrics = if config.admin.enabled {
+        Some(ferryman_admin::Metrics::install()?)
+    } else {
+        None
+    };
+    let interception = ferryman_proxy::Interception::new(ca.clone(), config.intercept.clone());
     let capture = config.start_capture()?;
     let observers = ferryman_proxy::Observers {
         sessions: ferryman_proxy::Sessions::new(config.sessions.linger, config.sessions.history),
@@ -143,6 +151,25 @@ fn run(config: Config) -> Result<(), String> {
         )
     })?;
     let shutdown = CancellationToken::new();
+    let admin = if config.admin.enabled {
+        let parts = ferryman_admin::Parts {
+            sessions: proxy.sessions().clone(),
+            capture: capture.clone(),
+            ca,
+            settings: std::sync::Arc::new(settings::LiveSettings::new(
+                table,
+                config.clone(),
+                proxy.interception(),
+            )),
+            logs,
+            metrics,
+            proxy_listen: proxy.local_addr(),
+        };
+        let admin = ferryman_admin::Admin::bind(&config.admin, &config.data_dir, parts)?;
+        Some(admin.spawn(shutdown.clone())?)
+    } else {
+        None
+    };
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -159,6 +186,11 @@ fn run(config: Config) -> Result<(), String> {
     proxy
         .run_threaded(workers, shutdown, config.shutdown_grace)
         .map_err(|e| format!("forward proxy failed: {e}"))?;
+    if let Some(admin) = admin {
+        if admin.join().is_err() {
+            tracing::warn!("the admin thread panicked");
+        }
+    }
     if let Some(capture) = capture {
         if !capture.settle_blocking(config.shutdown_grace) {
             tracing::warn!("some captures were still being written at exit");

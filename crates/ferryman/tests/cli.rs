@@ -1,26 +1,13 @@
 //! The `ferryman` binary as a user runs it.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use ferryman_testkit::backend::Backend;
 use ferryman_testkit::raw::Raw;
 use ferryman_testkit::{eventually, within};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::mpsc;
 
-const LIMIT: Duration = Duration::from_secs(20);
-const BIN: &str = env!("CARGO_BIN_EXE_ferryman");
+mod common;
 
-async fn output(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(BIN).args(args).output().await.unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{message, output, start, terminate, BIN, LIMIT};
 
 #[tokio::test]
 async fn help_and_version() {
@@ -103,84 +90,17 @@ async fn an_open_proxy_is_refused_before_anything_listens() {
     );
 }
 
-/// Stderr lines of a running ferryman, parsed as JSON log records.
-struct Logs(mpsc::UnboundedReceiver<serde_json::Value>);
-
-impl Logs {
-    async fn until(
-        &mut self,
-        what: &str,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        within(LIMIT, what, async {
-            loop {
-                let record = self.0.recv().await.expect("ferryman exited early");
-                if pred(&record) {
-                    return record;
-                }
-            }
-        })
-        .await
-    }
-}
-
-fn message(record: &serde_json::Value) -> &str {
-    record["fields"]["message"].as_str().unwrap_or("")
-}
-
-/// Runs ferryman on `data` with JSON logs; returns it, its logs and its proxy address.
-async fn start(data: &std::path::Path) -> (tokio::process::Child, Logs, std::net::SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--proxy-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(data)
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let record =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            let _ = tx.send(record);
-        }
-    });
-    let mut logs = Logs(rx);
-    let listening = logs
-        .until("listening", |r| message(r) == "forward proxy listening")
-        .await;
-    let addr = listening["fields"]["listen"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (child, logs, addr)
-}
-
-async fn terminate(child: &mut tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap()
-        .success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_logs_json_access_lines_and_drains_on_sigterm() {
     let (backend, release) = Backend::held("slow answer").await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (mut child, mut logs, addr) = start(&data).await;
+    let common::Running {
+        mut child,
+        mut logs,
+        proxy: addr,
+        ..
+    } = start(&data, &[]).await;
     assert!(data.is_dir(), "data dir created");
 
     let mut raw = Raw::connect(addr).await;
@@ -235,7 +155,11 @@ async fn har_and_body_read_what_a_run_captured() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data_arg = data.to_str().unwrap();
-    let (mut child, _logs, addr) = start(&data).await;
+    let common::Running {
+        mut child,
+        proxy: addr,
+        ..
+    } = start(&data, &[]).await;
     let curl = Command::new("curl")
         .args([
             "-sS",

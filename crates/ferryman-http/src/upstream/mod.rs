@@ -135,6 +135,7 @@ impl UpstreamClient {
         let replay =
             (lease.reused && headers::is_idempotent(req.method()) && req.body().is_end_stream())
                 .then(|| head_only(&req));
+        let sending = Instant::now();
         let mut attempt = self
             .exchange(&mut lease.sender, req.map(SentBody::new))
             .await;
@@ -160,6 +161,8 @@ impl UpstreamClient {
         };
         match attempt {
             Ok(response) => {
+                metrics::histogram!("ferryman_upstream_ttfb_seconds")
+                    .record(sending.elapsed().as_secs_f64());
                 let ticket = (!upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS)
                     .then(|| Ticket {
                         pool: self.pool.clone(),
@@ -196,6 +199,8 @@ impl UpstreamClient {
                 None => return Err(UpstreamError::ConnectTimeout(format!("{host}:{port}"))),
                 Some(Checkout::Idle(mut sender)) => {
                     if sender.ready().await.is_ok() {
+                        metrics::counter!("ferryman_upstream_pool_total", "result" => "hit")
+                            .increment(1);
                         return Ok(Lease {
                             sender,
                             reused: true,
@@ -203,6 +208,9 @@ impl UpstreamClient {
                     }
                 }
                 Some(Checkout::Open(slot)) => {
+                    metrics::counter!("ferryman_upstream_pool_total", "result" => "miss")
+                        .increment(1);
+                    let started = Instant::now();
                     let stream =
                         connect::connect_tcp(host, port, deadline, &self.own_addrs).await?;
                     let sender = if target.https {
@@ -212,6 +220,8 @@ impl UpstreamClient {
                     } else {
                         self.start(stream, slot).await?
                     };
+                    metrics::histogram!("ferryman_upstream_connect_seconds")
+                        .record(started.elapsed().as_secs_f64());
                     return Ok(Lease {
                         sender,
                         reused: false,
@@ -236,7 +246,11 @@ impl UpstreamClient {
             ServerName::try_from(name.to_string()).map_err(|e| failed(e.to_string()))?;
         match timeout_at(deadline, self.tls.connect(server_name, stream)).await {
             Ok(Ok(tls)) => Ok(tls),
-            Ok(Err(e)) => Err(failed(e.to_string())),
+            Ok(Err(e)) => {
+                metrics::counter!("ferryman_tls_handshake_failures_total", "side" => "upstream")
+                    .increment(1);
+                Err(failed(e.to_string()))
+            }
             Err(_) => Err(UpstreamError::ConnectTimeout(name.to_string())),
         }
     }

@@ -74,19 +74,31 @@ const MAX_CLIENT_HELLO: usize = 64 * 1024;
 /// Interception as configured: the CA that signs, and the rules.
 pub struct Interception {
     ca: Arc<CertificateAuthority>,
-    rules: Rules,
+    /// Replaced whole when the admin API changes the rules.
+    rules: std::sync::RwLock<Arc<Rules>>,
 }
 
 impl Interception {
     pub fn new(ca: Arc<CertificateAuthority>, config: InterceptConfig) -> Self {
         Self {
             ca,
-            rules: Rules::new(config),
+            rules: std::sync::RwLock::new(Arc::new(Rules::new(config))),
         }
     }
 
+    /// Puts new rules in force for the CONNECTs that follow; hosts learnt
+    /// to pass through stay passed through.
+    pub fn set_rules(&self, config: InterceptConfig) {
+        let mut rules = self.rules.write().unwrap_or_else(|e| e.into_inner());
+        *rules = Arc::new(rules.replaced(config));
+    }
+
+    fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub(crate) fn intercepts(&self, host: &str) -> bool {
-        self.rules.intercepts(host)
+        self.rules().intercepts(host)
     }
 }
 
@@ -252,9 +264,11 @@ async fn tls(
         }
         Err(e) => {
             if rejected_our_certificate(&e) {
-                interception.rules.rejected_by_client(&name);
+                interception.rules().rejected_by_client(&name);
             }
             log.tls(&facts);
+            metrics::counter!("ferryman_tls_handshake_failures_total", "side" => "client")
+                .increment(1);
             log.fail(format!("client TLS handshake failed: {e}"));
             log.abort();
             debug!(error = %e, host = %name, "client TLS handshake failed");

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use ferryman_http::config::Invalid;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum InterceptMode {
     /// Every host (mitmproxy's default).
@@ -19,7 +19,7 @@ pub enum InterceptMode {
 
 /// The `[intercept]` section. Patterns: `example.com` (exactly that host),
 /// `.example.com` (it and every subdomain), `*.example.com` (subdomains only).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InterceptConfig {
     pub mode: InterceptMode,
@@ -83,6 +83,13 @@ impl Rules {
             config,
             pinned: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Rules for `config` that keep the hosts learnt so far.
+    pub(crate) fn replaced(&self, config: InterceptConfig) -> Self {
+        let rules = Rules::new(config);
+        *rules.lock() = self.lock().clone();
+        rules
     }
 
     pub(crate) fn intercepts(&self, host: &str) -> bool {

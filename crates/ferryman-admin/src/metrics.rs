@@ -1,0 +1,126 @@
+//! `/metrics`: the counters the traffic path records through the `metrics`
+//! facade, plus figures read at scrape time from the connection table and
+//! capture (so the hot path does not count them twice).
+
+use std::sync::atomic::Ordering;
+
+use ferryman_capture::Capture;
+use ferryman_proxy::Sessions;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets, in seconds: loopback microseconds to slow origins.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// The process-wide recorder; install it once, before traffic starts.
+pub struct Metrics {
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    pub fn install() -> Result<Self, String> {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .map_err(|e| format!("metrics: {e}"))?
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder)
+            .map_err(|e| format!("metrics: a recorder is already installed: {e}"))?;
+        describe();
+        Ok(Self { handle })
+    }
+
+    /// Histograms keep samples until drained; drain them even when nobody
+    /// scrapes, so memory stays flat.
+    pub(crate) fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    pub(crate) fn render(&self, sessions: &Sessions, capture: Option<&Capture>) -> String {
+        let traffic = sessions.traffic();
+        metrics::counter!("ferryman_bytes_total", "direction" => "up").absolute(traffic.bytes_up);
+        metrics::counter!("ferryman_bytes_total", "direction" => "down")
+            .absolute(traffic.bytes_down);
+        for (kind, count) in sessions.active_by_kind() {
+            metrics::gauge!("ferryman_sessions_active", "kind" => kind).set(count as f64);
+        }
+        if let Some(capture) = capture {
+            let stats = capture.stats();
+            for (name, result, counter) in [
+                (
+                    "ferryman_capture_bodies_total",
+                    "stored",
+                    &stats.bodies_stored,
+                ),
+                (
+                    "ferryman_capture_bodies_total",
+                    "dropped",
+                    &stats.bodies_failed,
+                ),
+                (
+                    "ferryman_capture_records_total",
+                    "stored",
+                    &stats.records_stored,
+                ),
+                (
+                    "ferryman_capture_records_total",
+                    "dropped",
+                    &stats.records_failed,
+                ),
+            ] {
+                metrics::counter!(name, "result" => result)
+                    .absolute(counter.load(Ordering::Relaxed));
+            }
+        }
+        self.handle.render()
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "ferryman_requests_total",
+        "Exchanges answered, by inbound and status class"
+    );
+    describe_counter!(
+        "ferryman_bytes_total",
+        Unit::Bytes,
+        "Bytes through client sockets, by direction"
+    );
+    describe_gauge!("ferryman_sessions_active", "Open sessions, by kind");
+    describe_histogram!(
+        "ferryman_upstream_connect_seconds",
+        Unit::Seconds,
+        "Time to open an upstream connection (TCP, and TLS where used)"
+    );
+    describe_histogram!(
+        "ferryman_upstream_ttfb_seconds",
+        Unit::Seconds,
+        "From the request sent upstream to the response head"
+    );
+    describe_counter!(
+        "ferryman_upstream_pool_total",
+        "Upstream connections wanted: reused from the pool (hit) or opened (miss)"
+    );
+    describe_counter!(
+        "ferryman_capture_bodies_total",
+        "Captured bodies, stored or dropped"
+    );
+    describe_counter!(
+        "ferryman_capture_records_total",
+        "Exchange records, stored or dropped"
+    );
+    describe_counter!(
+        "ferryman_leaf_cache_total",
+        "Leaf certificates wanted: from the cache (hit) or minted (miss)"
+    );
+    describe_counter!(
+        "ferryman_tls_handshake_failures_total",
+        "TLS handshakes that failed, with the client or with the upstream"
+    );
+    describe_counter!(
+        "ferryman_admin_subscribers_dropped_total",
+        "Live-view subscribers dropped for not keeping up"
+    );
+}

@@ -1,0 +1,120 @@
+//! Running the `ferryman` binary as a user does, and reading its logs.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use ferryman_testkit::within;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+pub const LIMIT: Duration = Duration::from_secs(20);
+pub const BIN: &str = env!("CARGO_BIN_EXE_ferryman");
+
+pub async fn output(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().await.unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Stderr lines of a running ferryman, parsed as JSON log records.
+pub struct Logs(mpsc::UnboundedReceiver<serde_json::Value>);
+
+impl Logs {
+    pub async fn until(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        within(LIMIT, what, async {
+            loop {
+                let record = self.0.recv().await.expect("ferryman exited early");
+                if pred(&record) {
+                    return record;
+                }
+            }
+        })
+        .await
+    }
+}
+
+pub fn message(record: &serde_json::Value) -> &str {
+    record["fields"]["message"].as_str().unwrap_or("")
+}
+
+pub struct Running {
+    pub child: tokio::process::Child,
+    pub logs: Logs,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Runs ferryman on `data` with JSON logs, both listeners on ephemeral
+/// loopback ports, plus `extra` arguments.
+pub async fn start(data: &Path, extra: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--proxy-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(extra)
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let record =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let _ = tx.send(record);
+        }
+    });
+    let mut logs = Logs(rx);
+    let (mut proxy, mut admin) = (None, None);
+    while proxy.is_none() || admin.is_none() {
+        let listening = logs
+            .until("listening", |r| message(r).ends_with(" listening"))
+            .await;
+        let addr: SocketAddr = listening["fields"]["listen"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        match message(&listening) {
+            "forward proxy listening" => proxy = Some(addr),
+            "admin listening" => admin = Some(addr),
+            _ => {}
+        }
+    }
+    Running {
+        child,
+        logs,
+        proxy: proxy.unwrap(),
+        admin: admin.unwrap(),
+    }
+}
+
+pub async fn terminate(child: &mut tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap()
+        .success());
+}
