@@ -73,6 +73,11 @@ pub struct Admin {
     shared: Arc<Shared>,
 }
 
+/// Kernel send buffer per admin connection: what a subscriber that stops
+/// reading can hold in ferryman's kernel memory before its writes block
+/// and the write deadline drops it.
+const SEND_BUFFER: usize = 64 * 1024;
+
 /// How often histogram samples are folded in when nobody scrapes.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -154,6 +159,11 @@ impl Admin {
             });
         }
         let stop = shared.shutdown.clone();
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|stream| {
+            // Best effort: the kernel default only means more buffering.
+            let _ = socket2::SockRef::from(&*stream).set_send_buffer_size(SEND_BUFFER);
+        });
         let served = axum::serve(listener, router(shared))
             .with_graceful_shutdown(async move {
                 shutdown.cancelled().await;

@@ -84,6 +84,49 @@ impl Subscriber {
 pub(crate) struct Hub {
     subscribers: Mutex<HashMap<u64, Arc<Subscriber>>>,
     next_id: AtomicU64,
+    logs: Watch<Arc<LogLine>>,
+    exchanges: Watch<Arc<ferryman_capture::ExchangeRecord>>,
+}
+
+/// A channel watched only while someone subscribes to its topic: an idle
+/// watcher would make every log line and record do work for nobody. It is
+/// opened when a subscription is acknowledged, so nothing sent after the
+/// acknowledgement is missed.
+pub(crate) struct Watch<T>(Mutex<Option<broadcast::Receiver<T>>>);
+
+impl<T> Default for Watch<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Watch<T> {
+    fn lock(&self) -> MutexGuard<'_, Option<broadcast::Receiver<T>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn open(&self, watch: impl FnOnce() -> broadcast::Receiver<T>) {
+        self.lock().get_or_insert_with(watch);
+    }
+
+    fn close(&self) {
+        *self.lock() = None;
+    }
+
+    /// Moves what arrived into `into`; returns how many went by unseen.
+    fn drain(&self, into: &mut Vec<T>) -> u64 {
+        let mut missed = 0;
+        if let Some(watch) = self.lock().as_mut() {
+            loop {
+                match watch.try_recv() {
+                    Ok(item) => into.push(item),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => missed += n,
+                    Err(_) => break,
+                }
+            }
+        }
+        missed
+    }
 }
 
 #[derive(Serialize)]
@@ -172,8 +215,21 @@ struct Subscribed {
     level: &'static str,
 }
 
-/// Applies a subscription request; the answer goes to this subscriber only.
-fn configure(shared: &Shared, subscriber: &Subscriber, text: &str) -> Option<Utf8Bytes> {
+/// Applies a subscription request; the answer goes to this subscriber only,
+/// followed by the whole connection table for a new `connections` subscriber.
+fn configure(shared: &Shared, subscriber: &Subscriber, text: &str) -> Vec<Utf8Bytes> {
+    let mut answers = Vec::new();
+    let answer = subscription(shared, subscriber, text, &mut answers);
+    answers.insert(0, answer);
+    answers.into_iter().flatten().collect()
+}
+
+fn subscription(
+    shared: &Shared,
+    subscriber: &Subscriber,
+    text: &str,
+    then: &mut Vec<Option<Utf8Bytes>>,
+) -> Option<Utf8Bytes> {
     let request: Request = match serde_json::from_str(text) {
         Ok(request) => request,
         Err(e) => return frame("error", format!("bad request: {e}")),
@@ -198,6 +254,12 @@ fn configure(shared: &Shared, subscriber: &Subscriber, text: &str) -> Option<Utf
         };
         subscriber.level.store(level as u8, Ordering::Relaxed);
     }
+    if topics & Topic::Logs as u8 != 0 {
+        shared.hub.logs.open(|| shared.logs.watch());
+    }
+    if let (true, Some(capture)) = (topics & Topic::Exchanges as u8 != 0, &shared.capture) {
+        shared.hub.exchanges.open(|| capture.watch());
+    }
     // A new connections subscriber starts from the whole table.
     if topics & Topic::Connections as u8 != 0 && before & Topic::Connections as u8 == 0 {
         let all = Changes {
@@ -205,9 +267,7 @@ fn configure(shared: &Shared, subscriber: &Subscriber, text: &str) -> Option<Utf
             upserted: shared.sessions.list(),
             removed: Vec::new(),
         };
-        if let Some(full) = frame("connections", all) {
-            let _ = subscriber.queue.try_send(full);
-        }
+        then.push(frame("connections", all));
     }
     subscriber.topics.store(topics, Ordering::Relaxed);
     let subscribed = Subscribed {
@@ -242,7 +302,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
             }
             message = incoming.next() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some(answer) = configure(&shared, &subscriber, &text) {
+                    for answer in configure(&shared, &subscriber, &text) {
                         let _ = subscriber.queue.try_send(answer);
                     }
                 }
@@ -291,10 +351,7 @@ pub(crate) fn spawn_producers(shared: &Arc<Shared>) {
     tokio::spawn(traffic(shared.clone()));
     tokio::spawn(connections(shared.clone()));
     tokio::spawn(logs(shared.clone()));
-    if let Some(capture) = &shared.capture {
-        let capture = capture.clone();
-        tokio::spawn(exchanges(shared.clone(), capture));
-    }
+    tokio::spawn(exchanges(shared.clone()));
 }
 
 async fn every(period: Duration, shared: &Shared, mut tick: impl FnMut()) {
@@ -368,18 +425,6 @@ async fn connections(shared: Arc<Shared>) {
     .await
 }
 
-/// Drains what a watched channel holds; counts what it missed.
-fn drain<T: Clone>(watch: &mut broadcast::Receiver<T>, into: &mut Vec<T>) -> u64 {
-    let mut missed = 0;
-    loop {
-        match watch.try_recv() {
-            Ok(item) => into.push(item),
-            Err(broadcast::error::TryRecvError::Lagged(n)) => missed += n,
-            Err(_) => return missed,
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct Batch<T> {
     items: Vec<T>,
@@ -387,23 +432,21 @@ struct Batch<T> {
     missed: u64,
 }
 
-/// Watches a channel only while someone subscribes to `topic`: an idle
-/// watcher would make every producer do work for nobody.
+/// Gathers what `watch` received every `BATCH_EVERY` into one batch.
 async fn batches<T: Clone>(
     shared: Arc<Shared>,
     topic: Topic,
-    watch: impl Fn() -> broadcast::Receiver<T>,
+    watch: impl Fn(&Hub) -> &Watch<T>,
     mut publish: impl FnMut(&Shared, Vec<T>, u64),
 ) {
-    let mut watching: Option<broadcast::Receiver<T>> = None;
     let mut items = Vec::new();
     every(BATCH_EVERY, &shared.clone(), || {
+        let watched = watch(&shared.hub);
         if !shared.hub.any(topic) {
-            watching = None;
+            watched.close();
             return;
         }
-        let watched = watching.get_or_insert_with(&watch);
-        let missed = drain(watched, &mut items);
+        let missed = watched.drain(&mut items);
         if !items.is_empty() || missed > 0 {
             publish(&shared, std::mem::take(&mut items), missed);
         }
@@ -412,8 +455,7 @@ async fn batches<T: Clone>(
 }
 
 async fn logs(shared: Arc<Shared>) {
-    let feed = shared.logs.clone();
-    batches(shared, Topic::Logs, || feed.watch(), publish_logs).await
+    batches(shared, Topic::Logs, |hub| &hub.logs, publish_logs).await
 }
 
 /// One frame per level asked for, each serialised once.
@@ -437,11 +479,11 @@ fn publish_logs(shared: &Shared, lines: Vec<Arc<LogLine>>, missed: u64) {
     });
 }
 
-async fn exchanges(shared: Arc<Shared>, capture: ferryman_capture::Capture) {
+async fn exchanges(shared: Arc<Shared>) {
     batches(
         shared,
         Topic::Exchanges,
-        || capture.watch(),
+        |hub| &hub.exchanges,
         |shared, records, missed| {
             let items: Vec<Summary<'_>> = records.iter().map(|r| Summary::of(r)).collect();
             if let Some(frame) = frame("exchanges", Batch { items, missed }) {

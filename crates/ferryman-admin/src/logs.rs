@@ -159,3 +159,27 @@ impl Fields {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[test]
+    fn events_reach_a_watcher_and_cost_nothing_without_one() {
+        let feed = LogFeed::default();
+        let subscriber = tracing_subscriber::registry().with(feed.layer());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(unseen = 1, "nobody watches");
+            let mut watch = feed.watch();
+            tracing::warn!(host = "example.test", n = 3, "seen");
+            let line = watch.try_recv().unwrap();
+            assert_eq!((line.level, line.message.as_str()), ("warn", "seen"));
+            assert_eq!(line.fields, "host=example.test n=3");
+            assert!(
+                watch.try_recv().is_err(),
+                "the unwatched event was never queued"
+            );
+        });
+    }
+}
