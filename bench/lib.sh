@@ -54,3 +54,24 @@ NGINX
   nginx -c "$work/nginx.conf"
   target="127.0.0.1:$origin_port"
 }
+
+# nginx over plain HTTP on 127.0.0.1:$origin_port serving /1k.
+start_plain_origin() {
+  mkdir -p "$work/www"
+  head -c 1024 /dev/urandom > "$work/www/1k"
+  origin_port=$(free_port)
+  cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work; proxy_temp_path $work; fastcgi_temp_path $work;
+  uwsgi_temp_path $work; scgi_temp_path $work;
+  server { listen 127.0.0.1:$origin_port; root $work/www; }
+}
+NGINX
+  nginx -c "$work/nginx.conf"
+}
