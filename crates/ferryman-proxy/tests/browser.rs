@@ -109,37 +109,23 @@ async fn chromium_loads_an_https_page_and_its_subresources_through_interception(
 
     let profile = home.path().join("profile");
     let page = format!("https://127.0.0.1:{}/", backend.addr.port());
-    let args = [
+    // The session check after the run catches any request that would
+    // still leave loopback.
+    let mut args: Vec<&str> = ferryman_testkit::CHROMIUM_QUIET.to_vec();
+    let (profile, proxy_server) = (
+        format!("--user-data-dir={}", profile.display()),
+        format!("--proxy-server=http://{}", proxy.local_addr()),
+    );
+    args.extend([
         "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        // Chromium still calls Google (component updates, sign-in, network
-        // time) with the flags above; these turn that off or point it at a
-        // closed loopback port. The session check after the run catches any
-        // request that would still leave loopback.
-        "--disable-extensions",
-        "--disable-default-apps",
-        "--disable-component-extensions-with-background-pages",
-        "--metrics-recording-only",
-        "--enable-automation",
-        "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate",
-        "--component-updater=url-source=http://127.0.0.1:1/",
-        "--gaia-url=http://127.0.0.1:1/",
-        "--google-apis-url=http://127.0.0.1:1/",
-        "--lso-url=http://127.0.0.1:1/",
-        &format!("--user-data-dir={}", profile.display()),
-        &format!("--proxy-server=http://{}", proxy.local_addr()),
+        &profile,
+        &proxy_server,
         // Chromium never proxies loopback unless told to.
         "--proxy-bypass-list=<-loopback>",
         "--virtual-time-budget=5000",
         "--dump-dom",
         &page,
-    ];
+    ]);
     let (_, dom, err) = within(LIMIT * 6, "chromium", run("chromium", &args, home.path())).await;
     assert!(
         dom.contains("script ran; image loaded"),

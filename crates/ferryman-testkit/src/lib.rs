@@ -91,3 +91,29 @@ where
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
+
+/// Headless Chromium that stays on loopback: no first-run, sync, component
+/// updates, sign-in or network time. Chromium still calls Google with the
+/// usual "disable" flags; the URL flags point those calls at a closed
+/// loopback port.
+pub const CHROMIUM_QUIET: [&str; 19] = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--disable-component-extensions-with-background-pages",
+    "--metrics-recording-only",
+    "--enable-automation",
+    "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate",
+    "--component-updater=url-source=http://127.0.0.1:1/",
+    "--gaia-url=http://127.0.0.1:1/",
+    "--google-apis-url=http://127.0.0.1:1/",
+    "--lso-url=http://127.0.0.1:1/",
+    "--password-store=basic",
+];

@@ -39,6 +39,12 @@ impl Api {
     async fn get(&self, path: &str) -> Reply {
         self.call("GET", path, None).await
     }
+
+    /// PATCH /api/config with `{"set": settings}`.
+    async fn set(&self, settings: &[&str]) -> Reply {
+        let body = serde_json::json!({ "set": settings }).to_string();
+        self.call("PATCH", "/api/config", Some(&body)).await
+    }
 }
 
 async fn ferryman(data: &std::path::Path, extra: &[&str]) -> (Running, Api) {
@@ -341,25 +347,13 @@ async fn the_api_shows_traffic_exchanges_bodies_and_config_without_secrets() {
         }
     };
     tunnelled("/inside-before").await;
-    let refused = api
-        .call(
-            "PATCH",
-            "/api/config",
-            Some(r#"{"set":["proxy.listen=127.0.0.1:1"]}"#),
-        )
-        .await;
+    let refused = api.set(&["proxy.listen=127.0.0.1:1"]).await;
     assert_eq!(refused.status, 422);
     assert!(refused.json()["error"]
         .as_str()
         .unwrap()
         .contains("proxy.listen cannot change while ferryman runs"));
-    let invalid = api
-        .call(
-            "PATCH",
-            "/api/config",
-            Some(r#"{"set":["intercept.mode=sometimes"]}"#),
-        )
-        .await;
+    let invalid = api.set(&["intercept.mode=sometimes"]).await;
     assert_eq!(invalid.status, 422);
     assert!(
         invalid.json()["error"]
@@ -370,24 +364,14 @@ async fn the_api_shows_traffic_exchanges_bodies_and_config_without_secrets() {
         invalid.text()
     );
     let mixed = api
-        .call(
-            "PATCH",
-            "/api/config",
-            Some(r#"{"set":["intercept.mode=none","upstream.connect_timeout=1s"]}"#),
-        )
+        .set(&["intercept.mode=none", "upstream.connect_timeout=1s"])
         .await;
     assert_eq!(mixed.status, 422, "all or nothing");
     assert_eq!(
         api.get("/api/config").await.json()["intercept"]["mode"],
         "all"
     );
-    let applied = api
-        .call(
-            "PATCH",
-            "/api/config",
-            Some(r#"{"set":["intercept.mode=none"]}"#),
-        )
-        .await;
+    let applied = api.set(&["intercept.mode=none"]).await;
     assert_eq!(applied.status, 200, "{}", applied.text());
     assert_eq!(applied.json()["applied"][0], "intercept.mode");
     assert_eq!(
@@ -750,6 +734,36 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     )
     .await;
     assert_eq!(missing.status, 502);
+    // An HTTPS origin ferryman does not trust: curl -k accepts ferryman's
+    // leaf (minted once, then cached), ferryman refuses the origin's.
+    let ca = ferryman_testkit::tls::TestCa::new();
+    let untrusted = Backend::start_tls(ca.server_config(&[b"http/1.1"]), |_| async {
+        http::Response::new(full("never seen"))
+    })
+    .await;
+    let proxy_url = format!("http://{}", running.proxy);
+    for insecure in [true, true, false] {
+        let mut curl = tokio::process::Command::new("curl");
+        curl.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-x",
+            &proxy_url,
+        ]);
+        if insecure {
+            curl.arg("-k");
+        }
+        let out = curl
+            .arg(format!("https://127.0.0.1:{}/", untrusted.addr.port()))
+            .output()
+            .await
+            .unwrap();
+        let expected = if insecure { "502" } else { "000" };
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+    }
     let reply = api.get("/metrics").await;
     assert!(reply
         .header("content-type")
@@ -779,16 +793,27 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert!(after
         .iter()
         .any(|(s, _)| s == r#"ferryman_sessions_active{kind="tunnel"}"#));
+    assert_eq!(moved(r#"ferryman_leaf_cache_total{result="miss"}"#), 1.0);
+    assert_eq!(moved(r#"ferryman_leaf_cache_total{result="hit"}"#), 2.0);
+    assert_eq!(
+        moved(r#"ferryman_tls_handshake_failures_total{side="upstream"}"#),
+        2.0
+    );
+    assert_eq!(
+        moved(r#"ferryman_tls_handshake_failures_total{side="client"}"#),
+        1.0
+    );
     let captured = within(LIMIT, "records counted", async {
         loop {
             let now = samples(&api.get("/metrics").await.text());
             let stored = sample(&now, r#"ferryman_capture_records_total{result="stored"}"#);
-            if stored >= 6.0 {
+            if stored >= 11.0 {
                 return stored;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    assert_eq!(captured, 6.0);
+    // 6 plain exchanges, 3 CONNECTs and the 2 exchanges inside the accepted ones.
+    assert_eq!(captured, 11.0);
 }

@@ -42,28 +42,15 @@ async fn chromedriver() -> (tokio::process::Child, String) {
 }
 
 async fn browser(driver: &str, profile: &std::path::Path) -> Client {
-    let args = [
+    let profile = format!("--user-data-dir={}", profile.display());
+    let mut args: Vec<&str> = ferryman_testkit::CHROMIUM_QUIET.to_vec();
+    args.extend([
         "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
         "--window-size=1400,900",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--disable-default-apps",
-        "--metrics-recording-only",
-        "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,MediaRouter,Translate",
-        "--component-updater=url-source=http://127.0.0.1:1/",
-        "--gaia-url=http://127.0.0.1:1/",
-        "--google-apis-url=http://127.0.0.1:1/",
-        "--lso-url=http://127.0.0.1:1/",
         // Anything but loopback goes to a closed port and fails.
         "--proxy-server=http://127.0.0.1:1",
-        &format!("--user-data-dir={}", profile.display()),
-    ];
+        &profile,
+    ]);
     let capabilities = serde_json::json!({
         "browserName": "chrome",
         "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args },
@@ -77,6 +64,11 @@ async fn browser(driver: &str, profile: &std::path::Path) -> Client {
         .connect(driver)
         .await
         .expect("a browser session")
+}
+
+async fn click(client: &Client, css: &str) {
+    let element = client.find(Locator::Css(css)).await.unwrap();
+    element.click().await.unwrap();
 }
 
 /// Waits until `script` (a JS expression) is truthy in the page.
@@ -118,13 +110,7 @@ async fn a_browser_logs_in_and_inspects_an_exchange_as_it_arrives() {
     until(&client, "the login page", "location.pathname === '/login'").await;
     let field = client.find(Locator::Css("#login-token")).await.unwrap();
     field.send_keys("not the token").await.unwrap();
-    client
-        .find(Locator::Css("#login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#login-submit").await;
     until(
         &client,
         "a refusal",
@@ -133,13 +119,7 @@ async fn a_browser_logs_in_and_inspects_an_exchange_as_it_arrives() {
     .await;
     field.clear().await.unwrap();
     field.send_keys(TOKEN).await.unwrap();
-    client
-        .find(Locator::Css("#login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#login-submit").await;
     until(&client, "the dashboard", "location.pathname === '/'").await;
     until(
         &client,
@@ -153,13 +133,7 @@ async fn a_browser_logs_in_and_inspects_an_exchange_as_it_arrives() {
         .unwrap();
     assert_eq!(cookie_visible, "", "the session cookie is HttpOnly");
 
-    client
-        .find(Locator::Css("a[data-page=exchanges]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "a[data-page=exchanges]").await;
     until(
         &client,
         "the exchanges page",
@@ -223,13 +197,7 @@ async fn a_browser_logs_in_and_inspects_an_exchange_as_it_arrives() {
     std::fs::write(shots.join("exchanges.png"), &png).unwrap();
 
     // The other live pages fill in from the same stream.
-    client
-        .find(Locator::Css("a[data-page=overview]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "a[data-page=overview]").await;
     until(
         &client,
         "rates",
@@ -242,13 +210,7 @@ async fn a_browser_logs_in_and_inspects_an_exchange_as_it_arrives() {
         "document.querySelector('#top-hosts td')?.textContent === '127.0.0.1'",
     )
     .await;
-    client
-        .find(Locator::Css("a[data-page=logs]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "a[data-page=logs]").await;
     let request = fetch(running.proxy, "GET", &backend.url("/logged"), &[], None).await;
     assert_eq!(request.status, 200);
     until(
@@ -257,13 +219,7 @@ async fn a_browser_logs_in_and_inspects_an_exchange_as_it_arrives() {
         "document.getElementById('log-lines').textContent.includes('/logged')",
     )
     .await;
-    client
-        .find(Locator::Css("a[data-page=ca]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "a[data-page=ca]").await;
     until(
         &client,
         "the CA page",

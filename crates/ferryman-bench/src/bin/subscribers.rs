@@ -27,7 +27,9 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 async fn subscribe(admin: &str, token: &str, stalled: bool) -> Result<Socket, String> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
     if stalled {
-        socket.set_recv_buffer_size(4096).map_err(|e| e.to_string())?;
+        socket
+            .set_recv_buffer_size(4096)
+            .map_err(|e| e.to_string())?;
     }
     let addr = admin.parse().map_err(|e| format!("{admin}: {e}"))?;
     let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
