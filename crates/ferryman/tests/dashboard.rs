@@ -190,6 +190,36 @@ async fn a_browser_logs_in_and_inspects_an_exchange_as_it_arrives() {
         .unwrap();
     assert!(headers.contains("application/json"), "{headers}");
 
+    // A burst: the list counts every exchange but keeps only the rows in
+    // view in the page.
+    let burst: Vec<_> = (0..300)
+        .map(|i| {
+            let (proxy, url) = (running.proxy, backend.url(&format!("/burst/{i}")));
+            tokio::spawn(async move { fetch(proxy, "GET", &url, &[], None).await.status })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    until(
+        &client,
+        "301 exchanges listed",
+        "document.getElementById('exchange-count').textContent === '301 of 301'",
+    )
+    .await;
+    let rows = client
+        .execute(
+            "return document.querySelectorAll('#exchange-rows .row').length",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let rows = rows.as_u64().unwrap();
+    assert!(
+        (10..100).contains(&rows),
+        "{rows} rows in the page for 301 exchanges"
+    );
+
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&shots).unwrap();
     let png = client.screenshot().await.unwrap();
