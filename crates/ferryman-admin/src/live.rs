@@ -4,7 +4,7 @@
 //! write deadline, is dropped. Nobody is ever waited for.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ use crate::Shared;
 
 /// Frames waiting for one subscriber; past this it is too slow and dropped.
 const QUEUE: usize = 64;
+/// Bytes waiting for one subscriber, likewise: at thousands of exchanges a
+/// second one batch can weigh a megabyte, so frames alone bound nothing.
+const QUEUED_BYTES: usize = 4 << 20;
 /// The longest one frame may take to write before the subscriber is dropped.
 const WRITE_DEADLINE: Duration = Duration::from_secs(2);
 const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
@@ -67,10 +70,39 @@ pub(crate) struct Subscriber {
     topics: AtomicU8,
     level: AtomicU8,
     queue: mpsc::Sender<Utf8Bytes>,
+    /// Bytes in `queue`, and in the frame being written.
+    queued: AtomicUsize,
+    gone: AtomicBool,
     dropped: CancellationToken,
 }
 
+/// The subscriber is too far behind.
+struct Behind;
+
 impl Subscriber {
+    /// Drops the subscriber, counting and logging it once whatever the
+    /// reason, and the number of places that notice.
+    fn drop_for(&self, reason: &'static str) {
+        if !self.gone.swap(true, Ordering::AcqRel) {
+            self.dropped.cancel();
+            metrics::counter!("ferryman_admin_subscribers_dropped_total").increment(1);
+            tracing::info!(reason, "a live-view subscriber was dropped");
+        }
+    }
+
+    /// Queues a frame unless the subscriber is already too far behind.
+    fn offer(&self, frame: Utf8Bytes) -> Result<(), Behind> {
+        let len = frame.len();
+        if self.queued.fetch_add(len, Ordering::AcqRel) + len > QUEUED_BYTES {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            return Err(Behind);
+        }
+        self.queue.try_send(frame).map_err(|_| {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            Behind
+        })
+    }
+
     fn wants(&self, topic: Topic) -> bool {
         self.topics.load(Ordering::Relaxed) & topic as u8 != 0
     }
@@ -152,6 +184,8 @@ impl Hub {
             topics: AtomicU8::new(0),
             level: AtomicU8::new(Severity::Info as u8),
             queue,
+            queued: AtomicUsize::new(0),
+            gone: AtomicBool::new(false),
             dropped: CancellationToken::new(),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -181,18 +215,15 @@ impl Hub {
             let Some(frame) = frame_for(subscriber) else {
                 return true;
             };
-            match subscriber.queue.try_send(frame) {
+            if subscriber.dropped.is_cancelled() {
+                return false;
+            }
+            match subscriber.offer(frame) {
                 Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    subscriber.dropped.cancel();
-                    metrics::counter!("ferryman_admin_subscribers_dropped_total").increment(1);
-                    tracing::info!(
-                        topic = topic.name(),
-                        "a live-view subscriber fell behind and was dropped"
-                    );
+                Err(Behind) => {
+                    subscriber.drop_for("its queue is full");
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
     }
@@ -290,20 +321,24 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>) {
         tokio::select! {
             next = frames.recv() => {
                 let Some(next) = next else { break };
-                match tokio::time::timeout(WRITE_DEADLINE, sink.send(Message::Text(next))).await {
+                let len = next.len();
+                let sent = tokio::time::timeout(WRITE_DEADLINE, sink.send(Message::Text(next))).await;
+                subscriber.queued.fetch_sub(len, Ordering::AcqRel);
+                match sent {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break,
                     Err(_) => {
-                        metrics::counter!("ferryman_admin_subscribers_dropped_total").increment(1);
-                        tracing::info!("a live-view subscriber stopped reading and was dropped");
+                        subscriber.drop_for("a write took longer than the deadline");
                         break;
                     }
                 }
             }
             message = incoming.next() => match message {
                 Some(Ok(Message::Text(text))) => {
+                    // Answers are small; one that does not fit finds the
+                    // subscriber dropped by the next publish anyway.
                     for answer in configure(&shared, &subscriber, &text) {
-                        let _ = subscriber.queue.try_send(answer);
+                        let _ = subscriber.offer(answer);
                     }
                 }
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
