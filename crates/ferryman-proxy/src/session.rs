@@ -89,7 +89,8 @@ impl Counters {
 pub struct TrafficSnapshot {
     pub bytes_up: u64,
     pub bytes_down: u64,
-    /// Bytes per second over the time since the previous sample (at least 1 s).
+    /// Bytes per second over the time since the previous sample (at least
+    /// `RATE_WINDOW`; callers in between get the last rates).
     pub rate_up: f64,
     pub rate_down: f64,
 }
@@ -101,6 +102,11 @@ pub struct KeyedBytes {
     pub bytes_up: u64,
     pub bytes_down: u64,
 }
+
+/// The shortest window a rate is measured over. Under a second, so a
+/// once-a-second reader (the dashboard's traffic topic) whose timer fires a
+/// hair early still gets a fresh sample every time.
+const RATE_WINDOW: Duration = Duration::from_millis(900);
 
 /// Clients and hosts tracked at once; the least used are forgotten first.
 const TRACKED_KEYS: u64 = 10_000;
@@ -345,7 +351,7 @@ impl Sessions {
         let (up, down) = (traffic.global.up(), traffic.global.down());
         let mut sample = lock(&traffic.sample);
         let elapsed = sample.0.elapsed();
-        if elapsed >= Duration::from_secs(1) {
+        if elapsed >= RATE_WINDOW {
             let secs = elapsed.as_secs_f64();
             *sample = (
                 Instant::now(),
@@ -566,5 +572,37 @@ impl Drop for SessionGuard {
         lock(&table.open).remove(&session.id);
         lock(&table.lingering).push_back(session.clone());
         table.expire();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_bytes_over_the_time_they_took_and_active_counts_follow_kinds() {
+        let sessions = Sessions::new(Duration::from_secs(5), 10);
+        let start = sessions.traffic();
+        assert_eq!((start.rate_up, start.rate_down), (0.0, 0.0));
+        let connection = sessions.connection(SocketAddr::from(([127, 0, 0, 1], 40000)));
+        connection.socket_bytes(300, 9_000);
+        // A rate is measured over a window of its own; callers inside it
+        // get the previous rates.
+        assert_eq!(sessions.traffic().rate_down, 0.0);
+        let waited = Instant::now();
+        std::thread::sleep(RATE_WINDOW);
+        let sampled = sessions.traffic();
+        let most = waited
+            .elapsed()
+            .as_secs_f64()
+            .max(RATE_WINDOW.as_secs_f64());
+        assert!(
+            sampled.rate_down > 0.0 && sampled.rate_down <= 9_000.0 / RATE_WINDOW.as_secs_f64()
+        );
+        assert!(sampled.rate_down >= 9_000.0 / (most + 1.0), "{sampled:?}");
+        assert_eq!((sampled.bytes_up, sampled.bytes_down), (300, 9_000));
+        let active: HashMap<_, _> = sessions.active_by_kind().into_iter().collect();
+        assert_eq!((active["http"], active["tunnel"]), (1, 0));
+        assert_eq!(active.len(), Kind::ALL.len());
     }
 }
