@@ -22,7 +22,7 @@ use crate::Shared;
 const QUEUE: usize = 64;
 /// Bytes waiting for one subscriber, likewise: at thousands of exchanges a
 /// second one batch can weigh a megabyte, so frames alone bound nothing.
-const QUEUED_BYTES: usize = 4 << 20;
+const QUEUED_BYTES: usize = 16 << 20;
 /// The longest one frame may take to write before the subscriber is dropped.
 const WRITE_DEADLINE: Duration = Duration::from_secs(2);
 const TRAFFIC_EVERY: Duration = Duration::from_secs(1);
