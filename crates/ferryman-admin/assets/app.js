@@ -193,10 +193,13 @@ let exchanges = [];
 let shown = [];
 let exchangesDirty = false;
 let selected = null;
+// Ids listed: the first page (REST) and the live stream can overlap.
+const listed = new Set();
 function addExchanges(items, live) {
-  const fresh = items.filter((x) => x.method !== "CONNECT");
+  const fresh = items.filter((x) => x.method !== "CONNECT" && !listed.has(x.id));
+  for (const x of fresh) listed.add(x.id);
   exchanges = live ? fresh.reverse().concat(exchanges) : exchanges.concat(fresh);
-  if (exchanges.length > MAX_EXCHANGES) exchanges.length = MAX_EXCHANGES;
+  for (const gone of exchanges.splice(MAX_EXCHANGES)) listed.delete(gone.id);
   exchangesDirty = true;
 }
 function parseFilter(text) {

@@ -220,6 +220,15 @@ async fn a_browser_logs_in_and_inspects_an_exchange_as_it_arrives() {
         "{rows} rows in the page for 301 exchanges"
     );
 
+    // A fresh page starts from the index, then goes live.
+    client.goto(&format!("{admin}/?fresh#exchanges")).await.unwrap();
+    until(
+        &client,
+        "the list loaded from the index",
+        "document.getElementById('exchange-count').textContent === '301 of 301'",
+    )
+    .await;
+
     let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&shots).unwrap();
     let png = client.screenshot().await.unwrap();
