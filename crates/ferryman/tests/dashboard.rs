@@ -221,7 +221,10 @@ async fn a_browser_logs_in_and_inspects_an_exchange_as_it_arrives() {
     );
 
     // A fresh page starts from the index, then goes live.
-    client.goto(&format!("{admin}/?fresh#exchanges")).await.unwrap();
+    client
+        .goto(&format!("{admin}/?fresh#exchanges"))
+        .await
+        .unwrap();
     until(
         &client,
         "the list loaded from the index",
