@@ -361,32 +361,38 @@ pub(crate) async fn update_config(
     }
 }
 
-pub(crate) async fn ca_pem(State(shared): Shard) -> Response {
+/// The CA certificate as a download, PEM or DER.
+fn ca_file(shared: &Shared, pem: bool) -> Response {
+    let (content_type, name, bytes) = if pem {
+        (
+            "application/x-pem-file",
+            "ferryman-ca.pem",
+            shared.ca.cert_pem().as_bytes(),
+        )
+    } else {
+        (
+            "application/x-x509-ca-cert",
+            "ferryman-ca.crt",
+            shared.ca.cert_der(),
+        )
+    };
+    let disposition = format!("attachment; filename=\"{name}\"");
     (
         [
-            (header::CONTENT_TYPE, "application/x-pem-file"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"ferryman-ca.pem\"",
-            ),
+            (header::CONTENT_TYPE, content_type.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
         ],
-        shared.ca_pem.clone(),
+        bytes.to_vec(),
     )
         .into_response()
 }
 
+pub(crate) async fn ca_pem(State(shared): Shard) -> Response {
+    ca_file(&shared, true)
+}
+
 pub(crate) async fn ca_der(State(shared): Shard) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "application/x-x509-ca-cert"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"ferryman-ca.crt\"",
-            ),
-        ],
-        shared.ca_der.clone(),
-    )
-        .into_response()
+    ca_file(&shared, false)
 }
 
 pub(crate) async fn metrics(State(shared): Shard) -> Response {

@@ -2,6 +2,7 @@
 //! to a broadcast channel, and does nothing at all while nobody watches.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -78,12 +79,16 @@ impl Severity {
 #[derive(Clone)]
 pub struct LogFeed {
     events: broadcast::Sender<Arc<LogLine>>,
+    /// Whether anyone may be watching. Asking the channel takes its lock,
+    /// once per log line on every worker; this flag is one atomic load.
+    watched: Arc<AtomicBool>,
 }
 
 impl Default for LogFeed {
     fn default() -> Self {
         Self {
             events: broadcast::channel(QUEUE).0,
+            watched: Arc::default(),
         }
     }
 }
@@ -95,7 +100,9 @@ impl LogFeed {
     }
 
     pub(crate) fn watch(&self) -> broadcast::Receiver<Arc<LogLine>> {
-        self.events.subscribe()
+        let watch = self.events.subscribe();
+        self.watched.store(true, Ordering::Release);
+        watch
     }
 }
 
@@ -105,7 +112,7 @@ pub struct LogLayer {
 
 impl<S: Subscriber> Layer<S> for LogLayer {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        if self.feed.events.receiver_count() == 0 {
+        if !self.feed.watched.load(Ordering::Acquire) {
             return;
         }
         let metadata = event.metadata();
@@ -122,7 +129,14 @@ impl<S: Subscriber> Layer<S> for LogLayer {
             fields: visitor.fields,
             severity,
         };
-        let _ = self.feed.events.send(Arc::new(line));
+        if self.feed.events.send(Arc::new(line)).is_err() {
+            // The last watcher left. One that subscribes meanwhile sets the
+            // flag after subscribing, or is seen by the check below.
+            self.feed.watched.store(false, Ordering::Release);
+            if self.feed.events.receiver_count() > 0 {
+                self.feed.watched.store(true, Ordering::Release);
+            }
+        }
     }
 }
 
@@ -180,6 +194,15 @@ mod tests {
                 watch.try_recv().is_err(),
                 "the unwatched event was never queued"
             );
+            drop(watch);
+            tracing::info!("the last watcher has gone");
+            assert!(
+                !feed.watched.load(Ordering::Acquire),
+                "back to one atomic load per event"
+            );
+            let mut again = feed.watch();
+            tracing::info!("watched again");
+            assert_eq!(again.try_recv().unwrap().message, "watched again");
         });
     }
 }

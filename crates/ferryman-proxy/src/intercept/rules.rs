@@ -1,7 +1,7 @@
 //! Which CONNECT targets are intercepted.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use ferryman_http::config::Invalid;
 use serde::{Deserialize, Serialize};
@@ -71,7 +71,9 @@ impl InterceptConfig {
 /// The rules in force, plus the hosts learnt to pass through.
 pub(crate) struct Rules {
     config: InterceptConfig,
-    pinned: Mutex<HashSet<String>>,
+    /// Shared with the rules that replace these: a CONNECT still holding
+    /// the old rules records what it learns where the new ones see it.
+    pinned: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Rules {
@@ -81,15 +83,16 @@ impl Rules {
         }
         Self {
             config,
-            pinned: Mutex::new(HashSet::new()),
+            pinned: Arc::default(),
         }
     }
 
     /// Rules for `config` that keep the hosts learnt so far.
     pub(crate) fn replaced(&self, config: InterceptConfig) -> Self {
-        let rules = Rules::new(config);
-        *rules.lock() = self.lock().clone();
-        rules
+        Rules {
+            pinned: self.pinned.clone(),
+            ..Rules::new(config)
+        }
     }
 
     pub(crate) fn intercepts(&self, host: &str) -> bool {
@@ -168,6 +171,23 @@ mod tests {
         assert!(!rules(InterceptMode::None, &[], &[]).intercepts("a.test"));
         let listed = rules(InterceptMode::Listed, &["*.api.test"], &[]);
         assert!(listed.intercepts("v1.api.test") && !listed.intercepts("other.test"));
+    }
+
+    #[test]
+    fn replaced_rules_apply_and_share_what_was_learnt() {
+        let old = rules(InterceptMode::All, &[], &[]);
+        old.rejected_by_client("pinned.test");
+        let new = old.replaced(InterceptConfig {
+            mode: InterceptMode::Listed,
+            hosts: vec![".Listed.test".into()],
+            passthrough: vec![],
+            auto_passthrough: true,
+        });
+        assert!(new.intercepts("a.listed.test") && !new.intercepts("other.test"));
+        assert!(!new.intercepts("pinned.test"));
+        // A CONNECT that began under the old rules learns after the swap.
+        old.rejected_by_client("late.listed.test");
+        assert!(!new.intercepts("late.listed.test"));
     }
 
     #[test]
