@@ -202,11 +202,16 @@ impl Handler {
             .get(EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        // An absolute-form target names the host (RFC 9112 3.2.2); inside an
-        // intercepted tunnel the client's Host stands, as it chose it.
-        if parts.uri.authority().is_some() || !parts.headers.contains_key(HOST) {
+        // An absolute-form target (or HTTP/2's :authority) names the host
+        // (RFC 9112 3.2.2); inside an intercepted tunnel the client's Host
+        // stands, as it chose it.
+        if let Some(named) = parts
+            .uri
+            .authority()
+            .or_else(|| (!parts.headers.contains_key(HOST)).then_some(authority))
+        {
             // The authority without any "user:password@", which must not leak.
-            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+            let host = named.as_str().rsplit('@').next().unwrap_or_default();
             if let Ok(value) = HeaderValue::from_str(host) {
                 parts.headers.insert(HOST, value);
             }

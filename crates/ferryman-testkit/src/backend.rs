@@ -13,7 +13,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -101,7 +101,8 @@ impl Backend {
         Self::start_with(None, handler).await
     }
 
-    /// The same over TLS with the given server config.
+    /// The same over TLS with the given server config; HTTP/2 when ALPN
+    /// chooses it.
     pub async fn start_tls<F, Fut>(tls: Arc<rustls::ServerConfig>, handler: F) -> Backend
     where
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
@@ -148,7 +149,17 @@ impl Backend {
                                     .await;
                             }
                             Some(acceptor) => {
-                                if let Ok(stream) = acceptor.accept(stream).await {
+                                let Ok(stream) = acceptor.accept(stream).await else {
+                                    open_tx.send_modify(|n| *n -= 1);
+                                    return;
+                                };
+                                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                    let _ = hyper::server::conn::http2::Builder::new(
+                                        TokioExecutor::new(),
+                                    )
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                                } else {
                                     let _ = http
                                         .serve_connection(TokioIo::new(stream), service)
                                         .with_upgrades()

@@ -1,5 +1,5 @@
-//! The upstream client: pooled HTTP/1 connections, timeouts, and the one retry
-//! that is always safe.
+//! The upstream client: pooled HTTP/1 and HTTP/2 connections, timeouts, and
+//! the one retry that is always safe.
 
 mod connect;
 mod error;
@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::uri::Authority;
-use http::{Request, Response, StatusCode};
+use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -39,7 +40,10 @@ pub struct UpstreamClient {
     pool: Pool,
     config: Arc<UpstreamConfig>,
     own_addrs: Arc<[SocketAddr]>,
+    /// Offers HTTP/1.1 alone.
     tls: TlsConnector,
+    /// Offers HTTP/2, then HTTP/1.1.
+    tls_h2: TlsConnector,
 }
 
 /// Where a request goes: a host and port, over TLS or not.
@@ -50,6 +54,8 @@ pub struct Target {
     /// The name to ask for and verify over TLS when it is not the host
     /// (a client that CONNECTs to an address and names the server in SNI).
     pub server_name: Option<Arc<str>>,
+    /// The client speaks HTTP/2 too, so new TLS connections may offer it.
+    pub offer_http2: bool,
 }
 
 impl Target {
@@ -58,6 +64,7 @@ impl Target {
             authority,
             https: false,
             server_name: None,
+            offer_http2: false,
         }
     }
 
@@ -66,6 +73,7 @@ impl Target {
             authority,
             https: true,
             server_name: None,
+            offer_http2: false,
         }
     }
 
@@ -74,6 +82,17 @@ impl Target {
         let default = if self.https { 443 } else { 80 };
         self.authority.port_u16().unwrap_or(default)
     }
+}
+
+/// What a new connection is for.
+#[derive(Clone, Copy, PartialEq)]
+enum Use {
+    /// Any request: an idle or shared connection will do.
+    Pooled,
+    /// A second attempt, on a connection opened for it.
+    Fresh,
+    /// An upgrade, which takes the connection over: HTTP/1.1 only.
+    Upgrade,
 }
 
 /// A connection for one exchange, and whether it had served one before.
@@ -98,6 +117,8 @@ impl UpstreamClient {
         own_addrs: Vec<SocketAddr>,
         tls: Arc<rustls::ClientConfig>,
     ) -> Self {
+        let mut h2 = (*tls).clone();
+        h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Self {
             pool: Pool::new(
                 config.max_connections_per_host,
@@ -107,6 +128,7 @@ impl UpstreamClient {
             config: Arc::new(config),
             own_addrs: own_addrs.into(),
             tls: TlsConnector::from(tls),
+            tls_h2: TlsConnector::from(Arc::new(h2)),
         }
     }
 
@@ -120,6 +142,24 @@ impl UpstreamClient {
         connect::connect_tcp(host, port, deadline, &self.own_addrs).await
     }
 
+    /// Takes over `stream`, a connection to `target` opened for a CONNECT:
+    /// does the TLS handshake, offering HTTP/2 if the target says so, and
+    /// pools the connection. Tells whether the server chose HTTP/2.
+    pub async fn adopt(&self, target: &Target, stream: TcpStream) -> Result<bool, UpstreamError> {
+        let key = PoolKey::new(target);
+        let deadline = Instant::now() + self.config.connect_timeout;
+        let Some(Checkout::Open(slot)) = self.pool.checkout(&key, false, deadline).await else {
+            let (host, port) = (target.authority.host(), target.port());
+            return Err(UpstreamError::ConnectTimeout(format!("{host}:{port}")));
+        };
+        let sender = self
+            .start_tls(&key, target, Use::Pooled, stream, slot, deadline)
+            .await?;
+        let http2 = sender.is_http2();
+        self.pool.give_back(key, sender);
+        Ok(http2)
+    }
+
     /// Sends an origin-form request to `target`. Upgrade requests get a
     /// connection of their own that never returns to the pool.
     pub async fn send(
@@ -129,7 +169,8 @@ impl UpstreamClient {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let key = PoolKey::new(target);
         let upgrade = headers::wants_upgrade(req.headers());
-        let mut lease = self.lease(&key, target, !upgrade).await?;
+        let need = if upgrade { Use::Upgrade } else { Use::Pooled };
+        let mut lease = self.lease(&key, target, need).await?;
         // Replayable: nothing to resend but the head, resending is harmless,
         // and only a reused connection can have been closed under us.
         let replay =
@@ -137,7 +178,7 @@ impl UpstreamClient {
                 .then(|| head_only(&req));
         let sending = Instant::now();
         let mut attempt = self
-            .exchange(&mut lease.sender, req.map(SentBody::new))
+            .exchange(&mut lease.sender, target, req.map(SentBody::new))
             .await;
         // A reused connection may have been closed by the server just as we
         // wrote to it; one fresh attempt is safe when the request was never
@@ -189,12 +230,12 @@ impl UpstreamClient {
         &self,
         key: &PoolKey,
         target: &Target,
-        allow_idle: bool,
+        need: Use,
     ) -> Result<Lease, UpstreamError> {
         let (host, port) = (target.authority.host(), target.port());
         let deadline = Instant::now() + self.config.connect_timeout;
         loop {
-            let checkout = self.pool.checkout(key, allow_idle, deadline).await;
+            let checkout = self.pool.checkout(key, need == Use::Pooled, deadline).await;
             match checkout {
                 None => return Err(UpstreamError::ConnectTimeout(format!("{host}:{port}"))),
                 Some(Checkout::Idle(mut sender)) => {
@@ -214,11 +255,10 @@ impl UpstreamClient {
                     let stream =
                         connect::connect_tcp(host, port, deadline, &self.own_addrs).await?;
                     let sender = if target.https {
-                        let name = target.server_name.as_deref().unwrap_or(host);
-                        let tls = self.handshake_tls(name, stream, deadline).await?;
-                        self.start(tls, slot).await?
+                        self.start_tls(key, target, need, stream, slot, deadline)
+                            .await?
                     } else {
-                        self.start(stream, slot).await?
+                        self.start(stream, slot, false).await?
                     };
                     metrics::histogram!("ferryman_upstream_connect_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -231,8 +271,39 @@ impl UpstreamClient {
         }
     }
 
+    /// TLS, then HTTP/2 if the server chose it (the pool shares that
+    /// connection from then on), else HTTP/1.1.
+    async fn start_tls(
+        &self,
+        key: &PoolKey,
+        target: &Target,
+        need: Use,
+        stream: TcpStream,
+        slot: Slot,
+        deadline: Instant,
+    ) -> Result<Sender, UpstreamError> {
+        let name = target
+            .server_name
+            .as_deref()
+            .unwrap_or(target.authority.host());
+        let connector = match need {
+            Use::Pooled | Use::Fresh if target.offer_http2 => &self.tls_h2,
+            _ => &self.tls,
+        };
+        let tls = self
+            .handshake_tls(connector, name, stream, deadline)
+            .await?;
+        let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let sender = self.start(tls, slot, http2).await?;
+        if let Sender::Http2(shared) = &sender {
+            self.pool.share(key, shared.clone());
+        }
+        Ok(sender)
+    }
+
     async fn handshake_tls(
         &self,
+        connector: &TlsConnector,
         host: &str,
         stream: TcpStream,
         deadline: Instant,
@@ -244,7 +315,7 @@ impl UpstreamClient {
         };
         let server_name =
             ServerName::try_from(name.to_string()).map_err(|e| failed(e.to_string()))?;
-        match timeout_at(deadline, self.tls.connect(server_name, stream)).await {
+        match timeout_at(deadline, connector.connect(server_name, stream)).await {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(e)) => {
                 metrics::counter!("ferryman_tls_handshake_failures_total", "side" => "upstream")
@@ -255,12 +326,28 @@ impl UpstreamClient {
         }
     }
 
-    /// Speaks HTTP/1.1 over `io`; the connection lives in its own task, and
-    /// frees its slot at the host's cap when it ends.
-    async fn start<I>(&self, io: I, slot: Slot) -> Result<Sender, UpstreamError>
+    /// Speaks HTTP/2 or HTTP/1.1 over `io`; the connection lives in its own
+    /// task, and frees its slot at the host's cap when it ends.
+    async fn start<I>(&self, io: I, slot: Slot, http2: bool) -> Result<Sender, UpstreamError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        if http2 {
+            let header_list = u32::try_from(self.config.max_response_header_bytes);
+            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(header_list.unwrap_or(u32::MAX))
+                .handshake(TokioIo::new(io))
+                .await
+                .map_err(UpstreamError::Protocol)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+                drop(slot);
+            });
+            return Ok(Sender::Http2(sender));
+        }
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_headers(200)
             .max_header_size(self.config.max_response_header_bytes)
@@ -273,7 +360,7 @@ impl UpstreamClient {
             }
             drop(slot);
         });
-        Ok(sender)
+        Ok(Sender::Http1(sender))
     }
 
     async fn retry(
@@ -284,21 +371,27 @@ impl UpstreamClient {
         req: Request<SentBody>,
     ) -> Result<Response<Incoming>, Failure> {
         debug!(authority = %target.authority, "retrying on a fresh connection");
-        match self.lease(key, target, false).await {
+        match self.lease(key, target, Use::Fresh).await {
             Ok(fresh) => *lease = fresh,
             Err(e) => return Err(Failure::Lease(e)),
         }
-        self.exchange(&mut lease.sender, req).await
+        self.exchange(&mut lease.sender, target, req).await
     }
 
     async fn exchange(
         &self,
         sender: &mut Sender,
+        target: &Target,
         mut req: Request<SentBody>,
     ) -> Result<Response<Incoming>, Failure> {
+        if sender.is_http2() {
+            to_http2(&mut req, target);
+        } else {
+            to_http1(&mut req);
+        }
         let sent = req.body_mut().arm();
         let limit = self.config.response_header_timeout;
-        let response = sender.try_send_request(req);
+        let response = sender.try_send(req);
         tokio::select! {
             result = response => result.map_err(|mut e| match e.take_message() {
                 Some(req) => Failure::Unsent(e.into_error(), Box::new(req)),
@@ -310,6 +403,40 @@ impl UpstreamClient {
             } => Err(Failure::TimedOut),
         }
     }
+}
+
+/// HTTP/2 names the host in the target (`:scheme`, `:authority`), not in Host.
+fn to_http2<B>(req: &mut Request<B>, target: &Target) {
+    let authority = req
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+        .unwrap_or_else(|| target.authority.clone());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(if target.https {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    *req.version_mut() = Version::HTTP_2;
+}
+
+/// Back to origin form and Host, for a request first meant for HTTP/2 that
+/// is retried on an HTTP/1.1 connection.
+fn to_http1<B>(req: &mut Request<B>) {
+    if let Some(authority) = req.uri().authority() {
+        if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
+            req.headers_mut().insert(HOST, host);
+        }
+        let path = req.uri().path_and_query().cloned();
+        *req.uri_mut() = Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    }
+    *req.version_mut() = Version::HTTP_11;
 }
 
 fn head_only<B>(req: &Request<B>) -> Request<()> {

@@ -1,5 +1,6 @@
-//! Keep-alive pool of upstream HTTP/1 connections, keyed by destination, with
-//! an idle timeout and a cap on open connections per host.
+//! Keep-alive pool of upstream connections, keyed by destination, with an
+//! idle timeout and a cap on open connections per host. HTTP/1 connections
+//! serve one exchange at a time; an HTTP/2 connection is shared by all.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -7,14 +8,44 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use http::uri::Authority;
-use hyper::client::conn::http1::SendRequest;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
 use super::sent::SentBody;
 use super::Target;
 
-pub(crate) type Sender = SendRequest<SentBody>;
+/// One connection's request side.
+pub(crate) enum Sender {
+    Http1(http1::SendRequest<SentBody>),
+    Http2(http2::SendRequest<SentBody>),
+}
+
+impl Sender {
+    pub(crate) async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::Http1(s) => s.ready().await,
+            Sender::Http2(s) => s.ready().await,
+        }
+    }
+
+    pub(crate) fn is_http2(&self) -> bool {
+        matches!(self, Sender::Http2(_))
+    }
+
+    /// Sends `req`, or hands it back if not a byte of it was written.
+    pub(crate) async fn try_send(
+        &mut self,
+        req: Request<SentBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<SentBody>>> {
+        match self {
+            Sender::Http1(s) => s.try_send_request(req).await,
+            Sender::Http2(s) => s.try_send_request(req).await,
+        }
+    }
+}
 
 /// The destination a pooled connection is good for. `Authority` compares
 /// case-insensitively and clones without allocating.
@@ -56,13 +87,15 @@ impl PoolKey {
     }
 }
 
-struct Idle {
-    sender: Sender,
+struct Idle<S> {
+    sender: S,
     since: Instant,
 }
 
 struct Host {
-    idle: Vec<Idle>,
+    idle: Vec<Idle<http1::SendRequest<SentBody>>>,
+    /// The open HTTP/2 connection, if any, and when it was last handed out.
+    shared: Option<Idle<http2::SendRequest<SentBody>>>,
     /// One permit per open connection; the connection's driver task holds it.
     slots: Arc<Semaphore>,
     /// Signalled when a connection goes idle or closes, for waiters at the cap.
@@ -72,13 +105,25 @@ struct Host {
 impl Host {
     fn take_idle(&mut self, idle_timeout: Duration) -> Option<Sender> {
         let now = Instant::now();
+        self.shared
+            .take_if(|h2| now.duration_since(h2.since) >= idle_timeout || h2.sender.is_closed());
+        if let Some(h2) = &mut self.shared {
+            h2.since = now;
+            return Some(Sender::Http2(h2.sender.clone()));
+        }
         // Most recently used first: it is the least likely to have been closed.
         while let Some(idle) = self.idle.pop() {
             if now.duration_since(idle.since) < idle_timeout && !idle.sender.is_closed() {
-                return Some(idle.sender);
+                return Some(Sender::Http1(idle.sender));
             }
         }
         None
+    }
+
+    fn is_unused(&self, max_per_host: usize) -> bool {
+        self.idle.is_empty()
+            && self.shared.is_none()
+            && self.slots.available_permits() == max_per_host
     }
 }
 
@@ -137,11 +182,13 @@ impl Pool {
         deadline: Instant,
     ) -> Option<Checkout> {
         loop {
-            let freed = {
+            let freed;
+            let notified = {
                 let mut hosts = self.lock();
                 let max = self.shared.max_per_host;
                 let host = hosts.entry(key.clone()).or_insert_with(|| Host {
                     idle: Vec::new(),
+                    shared: None,
                     slots: Arc::new(Semaphore::new(max)),
                     freed: Arc::new(Notify::new()),
                 });
@@ -156,16 +203,23 @@ impl Pool {
                         freed: host.freed.clone(),
                     }));
                 }
-                host.freed.clone()
+                // Registered before the lock is released, so no wake-up, not
+                // even a new HTTP/2 connection waking everyone, is missed.
+                freed = host.freed.clone();
+                let mut notified = Box::pin(freed.notified());
+                notified.as_mut().enable();
+                notified
             };
-            // A connection freed after the lock was released left a stored
-            // notification, so this wait cannot miss it.
-            timeout_at(deadline, freed.notified()).await.ok()?;
+            timeout_at(deadline, notified).await.ok()?;
         }
     }
 
     /// Gives a connection back once hyper says it can take the next request.
-    pub(crate) fn give_back(&self, key: PoolKey, mut sender: Sender) {
+    /// An HTTP/2 connection never left: the pool keeps it while it is shared.
+    pub(crate) fn give_back(&self, key: PoolKey, sender: Sender) {
+        let Sender::Http1(mut sender) = sender else {
+            return;
+        };
         if sender.is_ready() {
             self.put(key, sender);
             return;
@@ -180,7 +234,18 @@ impl Pool {
         });
     }
 
-    fn put(&self, key: PoolKey, sender: Sender) {
+    /// Makes a new HTTP/2 connection the one every exchange to `key` shares.
+    pub(crate) fn share(&self, key: &PoolKey, sender: http2::SendRequest<SentBody>) {
+        if let Some(host) = self.lock().get_mut(key) {
+            host.shared = Some(Idle {
+                sender,
+                since: Instant::now(),
+            });
+            host.freed.notify_waiters();
+        }
+    }
+
+    fn put(&self, key: PoolKey, sender: http1::SendRequest<SentBody>) {
         let mut hosts = self.lock();
         let Some(host) = hosts.get_mut(&key) else {
             return;
@@ -225,11 +290,15 @@ async fn reap(shared: Weak<Shared>) {
         };
         let now = Instant::now();
         let mut hosts = lock(&shared);
+        let fresh = |since: Instant| now.duration_since(since) < shared.idle_timeout;
         hosts.retain(|_, host| {
-            host.idle.retain(|idle| {
-                now.duration_since(idle.since) < shared.idle_timeout && !idle.sender.is_closed()
-            });
-            !host.idle.is_empty() || host.slots.available_permits() < shared.max_per_host
+            host.idle
+                .retain(|idle| fresh(idle.since) && !idle.sender.is_closed());
+            // Dropping the pool's handle closes an HTTP/2 connection once its
+            // last exchange ends.
+            host.shared
+                .take_if(|h2| !fresh(h2.since) || h2.sender.is_closed());
+            !host.is_unused(shared.max_per_host)
         });
     }
 }

@@ -63,8 +63,10 @@ async fn read_client_hello(
     }
 }
 
+const H2: &[u8] = b"h2";
+const HTTP1: &[u8] = b"http/1.1";
 /// The protocols served inside intercepted TLS, most preferred first.
-const SPOKEN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+const SPOKEN: [&[u8]; 2] = [H2, HTTP1];
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -192,18 +194,13 @@ async fn tls(
         alpn: None,
         intercepted: false,
     };
-    // What ferryman can speak inside, in the client's terms: HTTP/2 and
-    // HTTP/1.1 are served (and sent upstream as HTTP/1.1); a client that
-    // wants neither keeps its tunnel.
-    let offer: Option<Vec<Vec<u8>>> = hello.alpn().map(|offered| {
+    // What ferryman can speak inside, among what the client offered; a
+    // client that wants neither HTTP/2 nor HTTP/1.1 keeps its tunnel.
+    let spoken: Option<Vec<&'static [u8]>> = hello.alpn().map(|offered| {
         let offered: Vec<&[u8]> = offered.collect();
-        SPOKEN
-            .iter()
-            .filter(|p| offered.contains(p))
-            .map(|p| p.to_vec())
-            .collect()
+        SPOKEN.into_iter().filter(|p| offered.contains(p)).collect()
     });
-    let understood = offer.as_ref().is_none_or(|list| !list.is_empty());
+    let understood = spoken.as_ref().is_none_or(|list| !list.is_empty());
     if !understood || !interception.intercepts(&name) {
         log.tls(&facts);
         record(
@@ -224,9 +221,20 @@ async fn tls(
             return;
         }
     };
-    // The upstream is reached through the pool, verified there.
-    drop(upstream);
-    let config = match server_config(leaf, offer.unwrap_or_default()) {
+    // Upstream is asked for, and checked against, the name the client asked
+    // for, as it would have been without ferryman.
+    let server_name = facts
+        .sni
+        .as_deref()
+        .filter(|sni| !sni.eq_ignore_ascii_case(authority.host()))
+        .map(Arc::from);
+    let target = Target {
+        server_name,
+        offer_http2: spoken.as_ref().is_some_and(|list| list.contains(&H2)),
+        ..Target::https(authority)
+    };
+    let alpn = mirror_alpn(&shared, &target, upstream, spoken).await;
+    let config = match server_config(leaf, alpn) {
         Ok(config) => config,
         Err(e) => {
             debug!(error = %e, "cannot build the interception TLS config");
@@ -249,17 +257,6 @@ async fn tls(
             };
             facts.alpn = alpn.map(|p| String::from_utf8_lossy(p).into_owned());
             log.tls(&facts);
-            // Upstream is asked for, and checked against, the name the
-            // client asked for, as it would have been without ferryman.
-            let server_name = facts
-                .sni
-                .as_deref()
-                .filter(|sni| !sni.eq_ignore_ascii_case(authority.host()))
-                .map(Arc::from);
-            let target = Target {
-                server_name,
-                ..Target::https(authority)
-            };
             serve_http(stream, protocol, shared, session, Some(target), Some(facts)).await;
         }
         Err(e) => {
@@ -272,6 +269,34 @@ async fn tls(
             log.fail(format!("client TLS handshake failed: {e}"));
             log.abort();
             debug!(error = %e, host = %name, "client TLS handshake failed");
+        }
+    }
+}
+
+/// The protocols to offer the client. One that can speak HTTP/2 lets the
+/// upstream choose first, over the connection its CONNECT opened (which the
+/// pool keeps), and is offered what the upstream chose; otherwise that
+/// connection is not needed: requests go through the pool.
+async fn mirror_alpn(
+    shared: &Shared,
+    target: &Target,
+    upstream: TcpStream,
+    spoken: Option<Vec<&'static [u8]>>,
+) -> Vec<Vec<u8>> {
+    let spoken = spoken.unwrap_or_default();
+    let offer = |list: &[&[u8]]| list.iter().map(|p| p.to_vec()).collect();
+    if !target.offer_http2 {
+        return offer(&spoken);
+    }
+    match shared.upstream.adopt(target, upstream).await {
+        Ok(true) => offer(&[H2]),
+        Ok(false) if spoken.contains(&HTTP1) => offer(&[HTTP1]),
+        // A client that speaks HTTP/2 alone is translated for an HTTP/1.1 upstream.
+        Ok(false) => offer(&[H2]),
+        // The first request meets the failure again and answers it with a 502.
+        Err(e) => {
+            debug!(error = %e, "upstream TLS at CONNECT failed");
+            offer(&spoken)
         }
     }
 }

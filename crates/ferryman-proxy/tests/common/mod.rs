@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ferryman_http::UpstreamConfig;
 use ferryman_proxy::{ForwardProxy, Observers, ProxyConfig, RunningProxy, Sessions};
+use ferryman_testkit::raw::Raw;
 use ferryman_testkit::within;
 
 pub async fn proxy() -> RunningProxy {
@@ -125,12 +126,47 @@ pub async fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
 
 pub const LIMIT: Duration = Duration::from_secs(10);
 
+/// curl through `proxy`, trusting only the CA ferryman keeps in `dir`.
+pub async fn curl_trusting_ferryman(
+    proxy: &RunningProxy,
+    dir: &tempfile::TempDir,
+    args: &[&str],
+) -> (bool, Vec<u8>, String) {
+    let proxy_url = format!("http://{}", proxy.local_addr());
+    let ca = dir.path().join("ferryman-ca.pem").display().to_string();
+    let mut all = vec!["-x", &proxy_url, "--cacert", &ca];
+    all.extend_from_slice(args);
+    curl(&all).await
+}
+
+/// A raw connection through `proxy`, after a successful CONNECT to `target`.
+pub async fn tunnel(proxy: SocketAddr, target: SocketAddr) -> Raw {
+    let mut raw = Raw::connect(proxy).await;
+    raw.send(format!("CONNECT {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(raw.read_head().await.unwrap().status, 200);
+    raw
+}
+
 /// TLS over `io` (a tunnel through an intercepting proxy) to `name`,
 /// trusting only the CA ferryman keeps in `dir`, speaking HTTP/1.1.
 pub async fn tls_trusting_ferryman<IO>(
     dir: &tempfile::TempDir,
     name: &str,
     io: IO,
+) -> tokio_rustls::client::TlsStream<IO>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tls_trusting_ferryman_offering(dir, name, io, &[b"http/1.1"]).await
+}
+
+/// [`tls_trusting_ferryman`], offering the `alpn` protocols.
+pub async fn tls_trusting_ferryman_offering<IO>(
+    dir: &tempfile::TempDir,
+    name: &str,
+    io: IO,
+    alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<IO>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -148,7 +184,7 @@ where
         .expect("TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = rustls::pki_types::ServerName::try_from(name.to_string()).expect("a server name");
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, io)
