@@ -72,6 +72,7 @@ impl Metrics {
                 metrics::counter!(name, "result" => result)
                     .absolute(counter.load(Ordering::Relaxed));
             }
+            metrics::gauge!("ferryman_capture_queued_bytes").set(capture.queued_bytes() as f64);
         }
         self.handle.render()
     }
@@ -110,6 +111,11 @@ fn describe() {
     describe_counter!(
         "ferryman_capture_records_total",
         "Exchange records, stored or dropped"
+    );
+    describe_gauge!(
+        "ferryman_capture_queued_bytes",
+        Unit::Bytes,
+        "Bodies and records waiting for the capture store"
     );
     describe_counter!(
         "ferryman_leaf_cache_total",

@@ -23,8 +23,10 @@ pub struct CaptureConfig {
     pub include_types: Vec<String>,
     /// Content types (prefixes) whose bodies are never kept.
     pub exclude_types: Vec<String>,
-    /// Body bytes waiting for the store, over all exchanges. When a body
-    /// would go past it, its capture is abandoned rather than slowing traffic.
+    /// Body and record bytes waiting for the store, over all exchanges.
+    /// When a body would go past it, its capture is abandoned, and past it a
+    /// finished record is dropped (and counted), rather than slowing traffic
+    /// or growing memory.
     pub max_queued_bytes: usize,
     /// One store operation taking longer than this fails that capture.
     #[serde(with = "humantime_serde")]

@@ -12,8 +12,10 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use crate::record::{ExchangeId, ExchangeRecord};
 use crate::Inner;
 
-/// Records waiting for the index thread; past this they are dropped and counted.
-const QUEUE: usize = 16 * 1024;
+/// Records waiting for the index thread; past this they are dropped and
+/// counted. With its JSON a record is a few KiB: this bounds the queue's
+/// memory to about 10 MiB when the index falls behind.
+const QUEUE: usize = 4 * 1024;
 /// Rows written per transaction, at most.
 const BATCH: usize = 1024;
 /// How long a first record waits for others to share its transaction: one

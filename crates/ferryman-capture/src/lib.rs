@@ -60,7 +60,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn ObjectStore>,
     /// The capture thread's runtime: uploads never run on a proxy worker.
     pub(crate) runtime: Handle,
-    /// Body bytes handed to taps and not yet given to the store.
+    /// Body bytes handed to taps and records finished, not yet given to
+    /// the store: what capture holds in memory for a lagging store.
     pub(crate) queued: AtomicUsize,
     pub(crate) stats: CaptureStats,
     /// Exchanges begun and not yet indexed, plus a running rebuild.
@@ -131,6 +132,11 @@ impl Capture {
 
     pub fn stats(&self) -> &CaptureStats {
         &self.inner.stats
+    }
+
+    /// Bytes of bodies and records waiting for the store.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.queued.load(Ordering::Acquire)
     }
 
     /// Starts the record of one exchange; it is written when the last
@@ -236,13 +242,21 @@ impl Inner {
         body.reason = reason;
     }
 
-    /// Hands a finished exchange to the writer; when it is too far behind,
-    /// the record is dropped and counted.
+    /// Hands a finished exchange to the writer; when it is too far behind
+    /// (its queue, records and bodies, past `max_queued_bytes`), the record
+    /// is dropped and counted.
     pub(crate) fn finish(&self, record: ExchangeRecord, id: ExchangeId, held: Vec<HeldBody>) {
         let kept: usize = held.iter().map(|b| b.kept).sum();
-        let finished = writer::Finished { record, id, held };
-        if self.finished.try_send(finished).is_err() {
-            self.queued.fetch_sub(kept, Ordering::AcqRel);
+        let weight = record.weight();
+        let queued = self.queued.fetch_add(weight, Ordering::AcqRel) + weight;
+        let finished = writer::Finished {
+            record,
+            id,
+            held,
+            weight,
+        };
+        if queued > self.config.max_queued_bytes || self.finished.try_send(finished).is_err() {
+            self.queued.fetch_sub(kept + weight, Ordering::AcqRel);
             self.stats.records_failed.fetch_add(1, Ordering::Relaxed);
             self.end_pending(1);
         }

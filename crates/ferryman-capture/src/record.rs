@@ -97,6 +97,28 @@ pub struct ExchangeRecord {
     pub error: Option<String>,
 }
 
+impl ExchangeRecord {
+    /// About the memory the record holds, to count it against the capture
+    /// queue's budget while it waits for the store.
+    pub(crate) fn weight(&self) -> usize {
+        let fields = |pairs: &[(String, String)]| {
+            pairs
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 2 * size_of::<String>())
+                .sum::<usize>()
+        };
+        let response = self.response.as_ref().map_or(0, |r| {
+            size_of::<ResponseRecord>() + fields(&r.headers) + fields(&r.trailers)
+        });
+        size_of::<Self>()
+            + self.request.url.len()
+            + fields(&self.request.headers)
+            + response
+            + self.client.len()
+            + self.error.as_ref().map_or(0, String::len)
+    }
+}
+
 /// Milliseconds after the start.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Timings {

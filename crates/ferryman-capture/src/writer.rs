@@ -27,6 +27,8 @@ pub(crate) struct Finished {
     pub(crate) record: ExchangeRecord,
     pub(crate) id: ExchangeId,
     pub(crate) held: Vec<HeldBody>,
+    /// The record's share of the queue budget, given back once written.
+    pub(crate) weight: usize,
 }
 
 pub(crate) fn spawn(inner: &Arc<Inner>, mut queue: Receiver<Finished>) -> Result<(), String> {
@@ -85,6 +87,7 @@ async fn write(inner: &Arc<Inner>, finished: Finished) {
         mut record,
         id,
         held,
+        weight,
     } = finished;
     for body in held {
         let key = id.body_key(body.part);
@@ -103,10 +106,19 @@ async fn write(inner: &Arc<Inner>, finished: Finished) {
             inner.settle(target, &key, body.kept as u64, status, reason);
         }
     }
-    let Ok(json) = serde_json::to_string(&record) else {
+    let indexed = write_record(inner, record, &id).await;
+    inner.queued.fetch_sub(weight, Ordering::AcqRel);
+    if !indexed {
         inner.stats.records_failed.fetch_add(1, Ordering::Relaxed);
         inner.end_pending(1);
-        return;
+    }
+}
+
+/// Stores the record and hands it to the index; false if the index cannot
+/// take it. A record the store refused is still indexed, and counted.
+async fn write_record(inner: &Inner, record: ExchangeRecord, id: &ExchangeId) -> bool {
+    let Ok(json) = serde_json::to_string(&record) else {
+        return false;
     };
     let stored = put(inner, &id.record_key(), Bytes::from(json.clone()).into()).await;
     let counter = match stored {
@@ -114,8 +126,5 @@ async fn write(inner: &Arc<Inner>, finished: Finished) {
         Err(_) => &inner.stats.records_failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    if !inner.index.insert(record, json) {
-        inner.stats.records_failed.fetch_add(1, Ordering::Relaxed);
-        inner.end_pending(1);
-    }
+    inner.index.insert(record, json)
 }

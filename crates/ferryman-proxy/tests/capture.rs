@@ -173,6 +173,33 @@ async fn every_body_is_kept_whole_in_s3() {
     assert_eq!(server.objects("exchanges"), 9);
 }
 
+/// A store that does not answer makes records wait, and they count against
+/// `max_queued_bytes` like bodies do: past it they are dropped, so memory
+/// stays bounded however long the store hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_waiting_for_a_hung_store_stay_within_the_queue_budget() {
+    const EXCHANGES: usize = 80;
+    let server = S3Server::start().await;
+    let mut config = s3_config(&server);
+    config.store_timeout = Duration::from_secs(5);
+    config.max_queued_bytes = 32 << 10;
+    let data = tempfile::tempdir().unwrap();
+    let (proxy, capture) = capturing_proxy(config, data.path());
+    let backend = Backend::start(sizes_and_echo).await;
+    server.set_mode(Mode::Hang);
+    let url = backend.url("/size/0");
+    let urls = vec![url.as_str(); EXCHANGES];
+    assert_eq!(through(&proxy, &urls).await, b"");
+    assert!(capture.queued_bytes() <= 32 << 10);
+    // The records that fit are indexed once their writes time out; the rest
+    // were dropped at once.
+    within(LIMIT * 3, "hung records given up", capture.settled()).await;
+    let indexed = capture.query(&Filter::default()).unwrap().len();
+    assert!(indexed > 0 && indexed < EXCHANGES, "{indexed} indexed");
+    assert_eq!(capture.queued_bytes(), 0);
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_or_hanging_store_never_slows_or_breaks_the_traffic() {
     let server = S3Server::start().await;
