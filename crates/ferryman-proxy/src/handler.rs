@@ -7,7 +7,7 @@ use ferryman_capture::{Capture, TlsFacts};
 use ferryman_http::body::{self, Direction, Gate, GatedBody, Observed};
 use ferryman_http::headers::{append_forwarded_for, strip_hop_by_hop, wants_upgrade, Via};
 use ferryman_http::upstream::UpstreamBody;
-use ferryman_http::{ProxyBody, Target, UpstreamClient};
+use ferryman_http::{ProxyBody, Target, UpstreamClient, UpstreamError};
 use http::header::{HeaderValue, EXPECT, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -67,6 +67,9 @@ pub(crate) struct Handler {
     pub(crate) intercepted: Option<Target>,
     /// Inside intercepted TLS, what the handshake said.
     pub(crate) tls: Option<Arc<TlsFacts>>,
+    /// Why the upstream connection made at CONNECT failed: the tunnel's
+    /// first request is answered with it instead of failing a second time.
+    pub(crate) upstream_failed: Arc<std::sync::Mutex<Option<UpstreamError>>>,
 }
 
 impl Handler {
@@ -113,6 +116,15 @@ impl Handler {
 
     async fn route(&self, req: Request<Incoming>, log: &Arc<Activity>) -> Response<ProxyBody> {
         if let Some(target) = &self.intercepted {
+            let failed = self
+                .upstream_failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(e) = failed {
+                log.fail(&e);
+                return local::text(e.status(), e);
+            }
             // Authenticated at CONNECT; everything inside goes to its target.
             return self.exchange(req, target.clone(), log).await;
         }

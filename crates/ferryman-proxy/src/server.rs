@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use ferryman_capture::{Capture, TlsFacts};
 use ferryman_http::headers::Via;
-use ferryman_http::Target;
-use ferryman_http::{UpstreamClient, UpstreamConfig};
+use ferryman_http::{Target, UpstreamClient, UpstreamConfig, UpstreamError};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -263,7 +262,15 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let connection = shared.common.sessions.connection(peer);
     let stream = Counted::new(stream, connection.clone());
-    serve_http(stream, Protocol::Http1, shared, connection, None, None).await;
+    serve_http(stream, Protocol::Http1, shared, connection, None).await;
+}
+
+/// The inside of an intercepted tunnel: where every request goes, what the
+/// TLS handshake said, and how the upstream connection opened for it failed.
+pub(crate) struct Inside {
+    pub(crate) target: Target,
+    pub(crate) tls: Option<TlsFacts>,
+    pub(crate) upstream_failed: Option<UpstreamError>,
 }
 
 /// The HTTP version a connection speaks.
@@ -275,16 +282,15 @@ pub(crate) enum Protocol {
 }
 
 /// Serves `io` until the client is done: a client connection to the proxy
-/// (`intercepted` None), or the inside of an intercepted tunnel, whose
-/// every request goes to `intercepted`. On shutdown, idle connections close
+/// (`inside` None), or the inside of an intercepted tunnel, whose every
+/// request goes to its target. On shutdown, idle connections close
 /// and in-flight exchanges finish; closing `parent` closes the connection.
 pub(crate) async fn serve_http<IO>(
     io: IO,
     protocol: Protocol,
     shared: Arc<Shared>,
     parent: Arc<SessionGuard>,
-    intercepted: Option<Target>,
-    tls: Option<TlsFacts>,
+    inside: Option<Inside>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -295,11 +301,16 @@ pub(crate) async fn serve_http<IO>(
         closed: parent.cancelled().clone(),
     };
     let client = parent.client();
+    let (intercepted, tls, upstream_failed) = match inside {
+        Some(inside) => (Some(inside.target), inside.tls, inside.upstream_failed),
+        None => (None, None, None),
+    };
     let handler = Handler {
         shared,
         parent,
         intercepted,
         tls: tls.map(Arc::new),
+        upstream_failed: Arc::new(std::sync::Mutex::new(upstream_failed)),
     };
     let service = service_fn(move |req| {
         let handler = handler.clone();

@@ -9,7 +9,7 @@ mod rules;
 use std::sync::Arc;
 
 use ferryman_capture::TlsFacts;
-use ferryman_http::Target;
+use ferryman_http::{Target, UpstreamError};
 use ferryman_tls::{CertificateAuthority, CertifiedKey};
 use http::uri::Authority;
 use rustls::server::{Accepted, Acceptor, ClientHello, ResolvesServerCert};
@@ -25,7 +25,7 @@ pub use rules::{InterceptConfig, InterceptMode};
 use crate::activity::Activity;
 use crate::counted::Counted;
 use crate::handler::Shared;
-use crate::server::{serve_http, Protocol};
+use crate::server::{serve_http, Inside, Protocol};
 use crate::session::{Kind, Session};
 use crate::tunnel::{record, relay_bytes};
 
@@ -141,8 +141,12 @@ pub(crate) async fn run(
         log.set_kind(Kind::InterceptedHttp);
         drop(upstream);
         let io = crate::tunnel::Prefixed::new(early, Counted::new(socket, session.clone()));
-        let target = Some(Target::http(authority));
-        serve_http(io, Protocol::Http1, shared, session, target, None).await;
+        let inside = Inside {
+            target: Target::http(authority),
+            tls: None,
+            upstream_failed: None,
+        };
+        serve_http(io, Protocol::Http1, shared, session, Some(inside)).await;
     } else {
         record(relay_bytes(socket, upstream, &early, &session).await, &log)
     }
@@ -233,7 +237,7 @@ async fn tls(
         offer_http2: spoken.as_ref().is_some_and(|list| list.contains(&H2)),
         ..Target::https(authority)
     };
-    let alpn = mirror_alpn(&shared, &target, upstream, spoken).await;
+    let (alpn, upstream_failed) = mirror_alpn(&shared, &target, upstream, spoken).await;
     let config = match server_config(leaf, alpn) {
         Ok(config) => config,
         Err(e) => {
@@ -257,7 +261,12 @@ async fn tls(
             };
             facts.alpn = alpn.map(|p| String::from_utf8_lossy(p).into_owned());
             log.tls(&facts);
-            serve_http(stream, protocol, shared, session, Some(target), Some(facts)).await;
+            let inside = Inside {
+                target,
+                tls: Some(facts),
+                upstream_failed,
+            };
+            serve_http(stream, protocol, shared, session, Some(inside)).await;
         }
         Err(e) => {
             if rejected_our_certificate(&e) {
@@ -276,27 +285,27 @@ async fn tls(
 /// The protocols to offer the client. One that can speak HTTP/2 lets the
 /// upstream choose first, over the connection its CONNECT opened (which the
 /// pool keeps), and is offered what the upstream chose; otherwise that
-/// connection is not needed: requests go through the pool.
+/// connection is not needed: requests go through the pool. Also says why
+/// that upstream connection failed, for the tunnel's first request.
 async fn mirror_alpn(
     shared: &Shared,
     target: &Target,
     upstream: TcpStream,
     spoken: Option<Vec<&'static [u8]>>,
-) -> Vec<Vec<u8>> {
+) -> (Vec<Vec<u8>>, Option<UpstreamError>) {
     let spoken = spoken.unwrap_or_default();
     let offer = |list: &[&[u8]]| list.iter().map(|p| p.to_vec()).collect();
     if !target.offer_http2 {
-        return offer(&spoken);
+        return (offer(&spoken), None);
     }
     match shared.upstream.adopt(target, upstream).await {
-        Ok(true) => offer(&[H2]),
-        Ok(false) if spoken.contains(&HTTP1) => offer(&[HTTP1]),
+        Ok(true) => (offer(&[H2]), None),
+        Ok(false) if spoken.contains(&HTTP1) => (offer(&[HTTP1]), None),
         // A client that speaks HTTP/2 alone is translated for an HTTP/1.1 upstream.
-        Ok(false) => offer(&[H2]),
-        // The first request meets the failure again and answers it with a 502.
+        Ok(false) => (offer(&[H2]), None),
         Err(e) => {
             debug!(error = %e, "upstream TLS at CONNECT failed");
-            offer(&spoken)
+            (offer(&spoken), Some(e))
         }
     }
 }
