@@ -49,6 +49,13 @@ impl Abandon {
     }
 }
 
+/// Whether a chunk shares its allocation with bytes ferryman does not keep.
+#[derive(Clone, Copy)]
+enum Shared {
+    Yes,
+    No,
+}
+
 /// Where kept bytes go: held while the body is small, streamed once it is not.
 enum Flow {
     Holding(Vec<Bytes>, usize),
@@ -90,18 +97,14 @@ impl BodyTap {
 
     pub fn data(&self, bytes: &Bytes) {
         if let Some(keep) = self.admit(bytes.len()) {
-            self.send(if keep < bytes.len() {
-                bytes.slice(..keep)
-            } else {
-                bytes.clone()
-            });
+            self.send(bytes.slice(..keep), Shared::Yes);
         }
     }
 
     /// Bytes seen as a slice (a relay's buffer): copied only as far as kept.
     pub fn data_slice(&self, bytes: &[u8]) {
         if let Some(keep) = self.admit(bytes.len()) {
-            self.send(Bytes::copy_from_slice(&bytes[..keep]));
+            self.send(Bytes::copy_from_slice(&bytes[..keep]), Shared::No);
         }
     }
 
@@ -131,12 +134,18 @@ impl BodyTap {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn send(&self, chunk: Bytes) {
+    fn send(&self, chunk: Bytes, shared: Shared) {
         let mut flow = self.flow();
         match &mut *flow {
             Flow::Holding(chunks, kept) => {
                 *kept += chunk.len();
-                chunks.push(chunk);
+                // A chunk of hyper's read buffer keeps all of that buffer
+                // alive: a small body waiting for the writer gets its own
+                // copy, or the queue's memory is several times its budget.
+                chunks.push(match shared {
+                    Shared::Yes => Bytes::copy_from_slice(&chunk),
+                    Shared::No => chunk,
+                });
                 if *kept >= SMALL_BODY {
                     let held = std::mem::take(chunks);
                     let uploader = self.spawn_uploader();
