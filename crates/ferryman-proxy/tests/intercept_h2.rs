@@ -65,6 +65,8 @@ async fn the_client_is_offered_what_the_upstream_chose() {
         // An HTTP/1.1 client to a host already reached over HTTP/2 shares
         // that connection: its request is translated.
         ("--http1.1", &h2, "/c", "1.1", "HTTP/2.0 /c 0"),
+        // So does the next HTTP/2 client, without another handshake upstream.
+        ("--http2", &h2, "/d", "2", "HTTP/2.0 /d 0"),
     ];
     for (flag, backend, path, negotiated, seen) in cases {
         let url = format!("https://127.0.0.1:{}{path}", backend.addr.port());
@@ -74,6 +76,7 @@ async fn the_client_is_offered_what_the_upstream_chose() {
         let text = String::from_utf8(body).unwrap();
         assert_eq!(text, format!("{seen}\n{negotiated}"), "{flag} {path}");
     }
+    assert_eq!(h2.tls_handshakes(), 1, "one shared HTTP/2 connection");
     proxy.shutdown().await;
 }
 

@@ -82,6 +82,7 @@ pub fn event_stream() -> (
 pub struct Seen {
     pub connections: AtomicUsize,
     pub requests: AtomicUsize,
+    pub tls_handshakes: AtomicUsize,
 }
 
 pub struct Backend {
@@ -135,8 +136,9 @@ impl Backend {
                     let open_tx = open_tx.clone();
                     let tls = tls.clone();
                     tokio::spawn(async move {
+                        let counted = seen.clone();
                         let service = service_fn(move |req| {
-                            seen.requests.fetch_add(1, Ordering::SeqCst);
+                            counted.requests.fetch_add(1, Ordering::SeqCst);
                             let handler = handler.clone();
                             async move { Ok::<_, Infallible>(handler(req).await) }
                         });
@@ -153,6 +155,7 @@ impl Backend {
                                     open_tx.send_modify(|n| *n -= 1);
                                     return;
                                 };
+                                seen.tls_handshakes.fetch_add(1, Ordering::SeqCst);
                                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                                     let _ = hyper::server::conn::http2::Builder::new(
                                         TokioExecutor::new(),
@@ -204,6 +207,11 @@ impl Backend {
 
     pub fn requests(&self) -> usize {
         self.seen.requests.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes completed, for a TLS backend.
+    pub fn tls_handshakes(&self) -> usize {
+        self.seen.tls_handshakes.load(Ordering::SeqCst)
     }
 
     pub fn open_connections(&self) -> usize {

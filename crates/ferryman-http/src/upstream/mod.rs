@@ -144,9 +144,15 @@ impl UpstreamClient {
 
     /// Takes over `stream`, a connection to `target` opened for a CONNECT:
     /// does the TLS handshake, offering HTTP/2 if the target says so, and
-    /// pools the connection. Tells whether the server chose HTTP/2.
+    /// pools the connection; unless an HTTP/2 connection to `target` is
+    /// already shared. Tells whether the server chose HTTP/2.
     pub async fn adopt(&self, target: &Target, stream: TcpStream) -> Result<bool, UpstreamError> {
         let key = PoolKey::new(target);
+        // The server already chose HTTP/2 on the connection every exchange
+        // to it shares: that answer stands, and `stream` is not needed.
+        if self.pool.shares_http2(&key) {
+            return Ok(true);
+        }
         let deadline = Instant::now() + self.config.connect_timeout;
         let Some(Checkout::Open(slot)) = self.pool.checkout(&key, false, deadline).await else {
             let (host, port) = (target.authority.host(), target.port());

@@ -234,6 +234,14 @@ impl Pool {
         });
     }
 
+    /// Whether an HTTP/2 connection to `key` is open and shared.
+    pub(crate) fn shares_http2(&self, key: &PoolKey) -> bool {
+        self.lock()
+            .get(key)
+            .and_then(|host| host.shared.as_ref())
+            .is_some_and(|h2| !h2.sender.is_closed())
+    }
+
     /// Makes a new HTTP/2 connection the one every exchange to `key` shares.
     pub(crate) fn share(&self, key: &PoolKey, sender: http2::SendRequest<SentBody>) {
         if let Some(host) = self.lock().get_mut(key) {
