@@ -7,6 +7,7 @@ pub mod config;
 pub mod decode;
 pub mod har;
 mod index;
+mod losses;
 mod record;
 mod recorder;
 mod store;
@@ -114,6 +115,7 @@ impl Capture {
         });
         worker.spawn(Arc::downgrade(&inner))?;
         writer::spawn(&inner, to_write)?;
+        inner.runtime.spawn(losses::watch(Arc::downgrade(&inner)));
         let capture = Self { inner };
         if rebuild {
             capture.inner.begin_pending();

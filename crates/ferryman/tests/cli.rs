@@ -253,3 +253,49 @@ async fn the_ca_is_created_once_and_exported_as_pem_or_der() {
         "{err}"
     );
 }
+
+/// Capture drops what its store cannot take rather than slow the traffic;
+/// the log says so, at once, with how many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_losses_are_told_in_the_log() {
+    use ferryman_testkit::s3::{self, Mode, S3Server};
+    let store = S3Server::start().await;
+    store.set_mode(Mode::Fail);
+    let backend = Backend::start(|_| async {
+        http::Response::new(ferryman_testkit::backend::full("answer"))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("capture.store.endpoint={}", store.endpoint());
+    let bucket = format!("capture.store.bucket={}", s3::BUCKET);
+    let key = format!("capture.store.access_key_id={}", s3::ACCESS_KEY);
+    let secret = format!("capture.store.secret_access_key={}", s3::SECRET_KEY);
+    let mut args = vec![];
+    for setting in [
+        "capture.store.kind=s3",
+        "capture.store.region=us-east-1",
+        "capture.store.path_style=true",
+        "capture.store.allow_http=true",
+        &endpoint,
+        &bucket,
+        &key,
+        &secret,
+    ] {
+        args.extend(["--set", setting]);
+    }
+    let common::Running {
+        mut child,
+        mut logs,
+        proxy,
+        ..
+    } = start(dir.path(), &args).await;
+    let reply = common::fetch(proxy, "GET", &backend.url("/x"), &[], None).await;
+    assert_eq!(reply.status, 200, "the traffic does not notice");
+    let warning = logs
+        .until("the loss told", |r| message(r).starts_with("capture lost"))
+        .await;
+    assert_eq!(warning["level"], "WARN");
+    assert!(warning["fields"]["records"].as_u64().unwrap() >= 1);
+    assert!(warning["fields"]["bodies"].as_u64().unwrap() >= 1);
+    terminate(&mut child).await;
+}
