@@ -158,6 +158,7 @@ impl UpstreamClient {
             let (host, port) = (target.authority.host(), target.port());
             return Err(UpstreamError::ConnectTimeout(format!("{host}:{port}")));
         };
+        metrics::counter!("ferryman_upstream_pool_total", "result" => "miss").increment(1);
         let sender = self
             .start_tls(&key, target, Use::Pooled, stream, slot, deadline)
             .await?;

@@ -103,11 +103,20 @@ struct Host {
 }
 
 impl Host {
-    fn take_idle(&mut self, idle_timeout: Duration) -> Option<Sender> {
+    /// The shared HTTP/2 connection, unless it closed or sat unused too long.
+    fn live_http2(
+        &mut self,
+        idle_timeout: Duration,
+    ) -> Option<&mut Idle<http2::SendRequest<SentBody>>> {
         let now = Instant::now();
         self.shared
             .take_if(|h2| now.duration_since(h2.since) >= idle_timeout || h2.sender.is_closed());
-        if let Some(h2) = &mut self.shared {
+        self.shared.as_mut()
+    }
+
+    fn take_idle(&mut self, idle_timeout: Duration) -> Option<Sender> {
+        let now = Instant::now();
+        if let Some(h2) = self.live_http2(idle_timeout) {
             h2.since = now;
             return Some(Sender::Http2(h2.sender.clone()));
         }
@@ -236,10 +245,10 @@ impl Pool {
 
     /// Whether an HTTP/2 connection to `key` is open and shared.
     pub(crate) fn shares_http2(&self, key: &PoolKey) -> bool {
+        let idle_timeout = self.shared.idle_timeout;
         self.lock()
-            .get(key)
-            .and_then(|host| host.shared.as_ref())
-            .is_some_and(|h2| !h2.sender.is_closed())
+            .get_mut(key)
+            .is_some_and(|host| host.live_http2(idle_timeout).is_some())
     }
 
     /// Makes a new HTTP/2 connection the one every exchange to `key` shares.
@@ -304,8 +313,7 @@ async fn reap(shared: Weak<Shared>) {
                 .retain(|idle| fresh(idle.since) && !idle.sender.is_closed());
             // Dropping the pool's handle closes an HTTP/2 connection once its
             // last exchange ends.
-            host.shared
-                .take_if(|h2| !fresh(h2.since) || h2.sender.is_closed());
+            host.live_http2(shared.idle_timeout);
             !host.is_unused(shared.max_per_host)
         });
     }
