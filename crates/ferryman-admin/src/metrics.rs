@@ -125,6 +125,10 @@ fn describe() {
         "ferryman_tls_handshake_failures_total",
         "TLS handshakes that failed, with the client or with the upstream"
     );
+    describe_gauge!(
+        "ferryman_worker_connections",
+        "Client connections each worker thread serves"
+    );
     describe_counter!(
         "ferryman_admin_subscribers_dropped_total",
         "Live-view subscribers dropped for not keeping up"

@@ -15,6 +15,7 @@ pub mod session;
 #[cfg(target_os = "linux")]
 mod splice;
 mod tunnel;
+mod workers;
 
 pub use config::ProxyConfig;
 pub use intercept::{InterceptConfig, InterceptMode, Interception};

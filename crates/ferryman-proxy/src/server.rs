@@ -13,7 +13,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +25,7 @@ use crate::counted::Counted;
 use crate::guard::FramingGuard;
 use crate::handler::{Common, Handler, Shared};
 use crate::session::{SessionGuard, Sessions};
+use crate::workers::{Assigned, Worker};
 use crate::Interception;
 use crate::ProxyConfig;
 
@@ -107,7 +109,22 @@ impl ForwardProxy {
     /// `grace`, and returns.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> std::io::Result<()> {
         info!(listen = %self.common.listen, workers = 1, "forward proxy listening");
-        self.serve_here(shutdown, grace).await
+        let workers = [self.worker(0, Handle::current())];
+        self.serve_here(0, workers.into(), shutdown, grace).await
+    }
+
+    /// Worker `n`, running on `runtime`; call it inside that runtime, where
+    /// the upstream pool starts its reaper.
+    fn worker(&self, n: usize, runtime: Handle) -> Arc<Worker> {
+        let shared = Arc::new(Shared {
+            upstream: UpstreamClient::new(
+                self.upstream.clone(),
+                vec![self.common.listen],
+                self.upstream_tls.clone(),
+            ),
+            common: self.common.clone(),
+        });
+        Worker::new(n, runtime, shared)
     }
 
     /// Serves with `workers` threads, each running its own single-threaded
@@ -120,8 +137,23 @@ impl ForwardProxy {
         grace: Duration,
     ) -> std::io::Result<()> {
         info!(listen = %self.common.listen, workers, "forward proxy listening");
-        let mut threads = Vec::with_capacity(workers);
-        for n in 0..workers.max(1) {
+        let runtimes = (0..workers.max(1))
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let pool: Arc<[Arc<Worker>]> = runtimes
+            .iter()
+            .enumerate()
+            .map(|(n, runtime)| {
+                let _inside = runtime.enter();
+                self.worker(n, runtime.handle().clone())
+            })
+            .collect();
+        let mut threads = Vec::with_capacity(runtimes.len());
+        for (n, runtime) in runtimes.into_iter().enumerate() {
             let worker = ForwardProxy {
                 listener: self.listener.try_clone()?,
                 common: self.common.clone(),
@@ -130,13 +162,11 @@ impl ForwardProxy {
                 upstream_tls: self.upstream_tls.clone(),
             };
             let shutdown = shutdown.clone();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let pool = pool.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ferryman-{n}"))
-                    .spawn(move || runtime.block_on(worker.serve_here(shutdown, grace)))?,
+                    .spawn(move || runtime.block_on(worker.serve_here(n, pool, shutdown, grace)))?,
             );
         }
         for thread in threads {
@@ -166,16 +196,16 @@ impl ForwardProxy {
         }
     }
 
-    async fn serve_here(self, shutdown: CancellationToken, grace: Duration) -> std::io::Result<()> {
+    /// Accepts as worker `me` of `workers`, each connection served by the
+    /// least busy of them.
+    async fn serve_here(
+        self,
+        me: usize,
+        workers: Arc<[Arc<Worker>]>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> std::io::Result<()> {
         let listener = TcpListener::from_std(self.listener)?;
-        let shared = Arc::new(Shared {
-            upstream: UpstreamClient::new(
-                self.upstream,
-                vec![self.common.listen],
-                self.upstream_tls.clone(),
-            ),
-            common: self.common.clone(),
-        });
         let tasks = &self.common.tasks;
         let mut saturated = false;
         loop {
@@ -207,11 +237,29 @@ impl ForwardProxy {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let shared = shared.clone();
-                    tasks.spawn(async move {
-                        serve(stream, peer, shared).await;
-                        drop(permit);
-                    });
+                    let assigned = Assigned::least_loaded(&workers, me);
+                    if Arc::ptr_eq(assigned.worker(), &workers[me]) {
+                        tasks.spawn(serve_assigned(
+                            Accepted::Here(stream),
+                            peer,
+                            assigned,
+                            permit,
+                        ));
+                    } else {
+                        match stream.into_std() {
+                            Ok(stream) => {
+                                let runtime = assigned.worker().runtime.clone();
+                                let serving = serve_assigned(
+                                    Accepted::HandedOver(stream),
+                                    peer,
+                                    assigned,
+                                    permit,
+                                );
+                                runtime.spawn(tasks.track_future(serving));
+                            }
+                            Err(e) => debug!(error = %e, "could not hand a connection over"),
+                        }
+                    }
                 }
                 Err(e) => {
                     // Typically out of file descriptors: back off instead of spinning.
@@ -256,6 +304,33 @@ impl RunningProxy {
             warn!(error = %e, "proxy task failed");
         }
     }
+}
+
+/// A client connection and the worker it was accepted on.
+enum Accepted {
+    Here(TcpStream),
+    /// Accepted by another worker, to be registered with this one's runtime.
+    HandedOver(std::net::TcpStream),
+}
+
+async fn serve_assigned(
+    accepted: Accepted,
+    peer: SocketAddr,
+    assigned: Assigned,
+    permit: OwnedSemaphorePermit,
+) {
+    let stream = match accepted {
+        Accepted::Here(stream) => stream,
+        Accepted::HandedOver(stream) => match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(e) => {
+                debug!(error = %e, "could not take a connection over");
+                return;
+            }
+        },
+    };
+    serve(stream, peer, assigned.worker().shared.clone()).await;
+    drop((permit, assigned));
 }
 
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {

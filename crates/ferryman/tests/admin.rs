@@ -819,3 +819,41 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     // 6 plain exchanges, 3 CONNECTs and the 2 exchanges inside the accepted ones.
     assert_eq!(captured, 11.0);
 }
+
+/// Connections each worker serves, once `total` are counted.
+async fn worker_connections(api: &Api, workers: usize, total: f64) -> Vec<f64> {
+    within(LIMIT, "connections counted", async {
+        loop {
+            let now = samples(&api.get("/metrics").await.text());
+            let counts: Vec<f64> = (0..workers)
+                .map(|n| {
+                    sample(
+                        &now,
+                        &format!(r#"ferryman_worker_connections{{worker="{n}"}}"#),
+                    )
+                })
+                .collect();
+            if counts.iter().sum::<f64>() == total {
+                return counts;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_is_spread_over_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, api) = ferryman(&dir.path().join("data"), &["--set", "workers=2"]).await;
+    assert_eq!(worker_connections(&api, 2, 0.0).await, [0.0, 0.0]);
+    // All at once: the first worker awake would take the whole burst.
+    let clients = futures_util::future::join_all((0..16).map(|_| idle_client(running.proxy))).await;
+    let counts = worker_connections(&api, 2, 16.0).await;
+    assert!(
+        counts.iter().all(|&n| (7.0..=9.0).contains(&n)),
+        "{counts:?}"
+    );
+    drop(clients);
+    assert_eq!(worker_connections(&api, 2, 0.0).await, [0.0, 0.0]);
+}
