@@ -32,6 +32,11 @@ pub struct CaptureConfig {
     #[serde(with = "humantime_serde")]
     pub store_timeout: Duration,
     pub retention: RetentionConfig,
+    /// The nice value of capture's threads (0 to 19): above 0, the traffic
+    /// gets the CPU first when the machine is saturated, and capture drops
+    /// what it cannot keep up with; 0 shares the CPU equally, keeping more
+    /// exchanges at the traffic's expense.
+    pub nice: u8,
     /// Rebuild the index from the records in the store at start, even when
     /// one exists (a fresh index is always rebuilt).
     pub rebuild_index: bool,
@@ -49,6 +54,7 @@ impl Default for CaptureConfig {
             max_queued_bytes: 32 << 20,
             store_timeout: Duration::from_secs(30),
             retention: RetentionConfig::default(),
+            nice: 10,
             rebuild_index: false,
         }
     }
@@ -168,6 +174,9 @@ impl CaptureConfig {
                 "capture.max_queued_bytes",
                 "must be at least 1",
             ));
+        }
+        if self.nice > 19 {
+            errors.push(Invalid::new("capture.nice", "must be 0 to 19"));
         }
         if self.retention.max_count == 0 {
             errors.push(Invalid::new(

@@ -175,10 +175,13 @@ impl Index {
 }
 
 impl IndexWorker {
-    pub(crate) fn spawn(self, weak: Weak<Inner>) -> Result<(), String> {
+    pub(crate) fn spawn(self, weak: Weak<Inner>, nice: u8) -> Result<(), String> {
         std::thread::Builder::new()
             .name("ferryman-index".into())
-            .spawn(move || self.run(weak))
+            .spawn(move || {
+                crate::priority::yield_to_traffic(nice);
+                self.run(weak)
+            })
             .map(|_| ())
             .map_err(|e| format!("cannot start the index thread: {e}"))
     }

@@ -8,6 +8,7 @@ pub mod decode;
 pub mod har;
 mod index;
 mod losses;
+mod priority;
 mod record;
 mod recorder;
 mod store;
@@ -89,9 +90,11 @@ impl Capture {
             .map_err(|e| format!("cannot start the capture thread: {e}"))?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let nice = config.nice;
         std::thread::Builder::new()
             .name("ferryman-capture".into())
             .spawn(move || {
+                priority::yield_to_traffic(nice);
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
@@ -113,7 +116,7 @@ impl Capture {
             indexed: tokio::sync::broadcast::channel(WATCH_QUEUE).0,
             _stop: stop,
         });
-        worker.spawn(Arc::downgrade(&inner))?;
+        worker.spawn(Arc::downgrade(&inner), inner.config.nice)?;
         writer::spawn(&inner, to_write)?;
         inner.runtime.spawn(losses::watch(Arc::downgrade(&inner)));
         let capture = Self { inner };

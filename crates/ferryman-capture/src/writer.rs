@@ -49,9 +49,13 @@ pub(crate) fn spawn(inner: &Arc<Inner>, mut queue: Receiver<Finished>) -> Result
         });
         return Ok(());
     }
+    let nice = inner.config.nice;
     std::thread::Builder::new()
         .name("ferryman-store".into())
-        .spawn(move || write_locally(weak, queue))
+        .spawn(move || {
+            crate::priority::yield_to_traffic(nice);
+            write_locally(weak, queue)
+        })
         .map(|_| ())
         .map_err(|e| format!("cannot start the capture writer: {e}"))
 }

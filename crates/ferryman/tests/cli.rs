@@ -69,6 +69,19 @@ async fn check_config_accepts_good_files_and_names_what_is_wrong_in_bad_ones() {
         "{err}"
     );
 
+    let (code, _, err) = output(&[
+        "check-config",
+        good.to_str().unwrap(),
+        "--set",
+        "capture.nice=20",
+    ])
+    .await;
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("capture.nice") && err.contains("must be 0 to 19"),
+        "{err}"
+    );
+
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
@@ -298,4 +311,51 @@ async fn capture_losses_are_told_in_the_log() {
     assert!(warning["fields"]["records"].as_u64().unwrap() >= 1);
     assert!(warning["fields"]["bodies"].as_u64().unwrap() >= 1);
     terminate(&mut child).await;
+}
+
+/// The nice value of each of `pid`'s threads, by thread name.
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("stat")),
+        ) else {
+            continue; // a thread that just ended
+        };
+        // After the parenthesised name: state is field 3, nice field 19.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .collect();
+        threads.push((name.trim().to_owned(), fields[16].parse().unwrap()));
+    }
+    threads
+}
+
+#[tokio::test]
+async fn capture_threads_yield_the_cpu_to_the_traffic() {
+    let capture_threads = ["ferryman-store", "ferryman-index", "ferryman-captur"];
+    for (nice, expected) in [(None, 10), (Some("capture.nice=0"), 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--set", "workers=2"];
+        args.extend(nice.iter().flat_map(|setting| ["--set", *setting]));
+        let running = start(&dir.path().join("data"), &args).await;
+        let pid = running.child.id().unwrap();
+        // Each capture thread lowers its own priority as it starts.
+        let lowered = || {
+            thread_nice(pid)
+                .iter()
+                .filter(|(name, nice)| {
+                    capture_threads.contains(&name.as_str()) && *nice == expected
+                })
+                .count()
+                == capture_threads.len()
+        };
+        eventually(LIMIT, "capture threads at their priority", lowered).await;
+        let threads = thread_nice(pid);
+        for worker in ["ferryman-0", "ferryman-1"] {
+            assert!(threads.contains(&(worker.to_owned(), 0)), "{threads:?}");
+        }
+    }
 }
