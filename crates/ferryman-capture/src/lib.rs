@@ -90,11 +90,9 @@ impl Capture {
             .map_err(|e| format!("cannot start the capture thread: {e}"))?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let nice = config.nice;
         std::thread::Builder::new()
             .name("ferryman-capture".into())
             .spawn(move || {
-                priority::yield_to_traffic(nice);
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });

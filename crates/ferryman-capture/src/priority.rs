@@ -1,6 +1,8 @@
-//! Capture's threads yield the CPU to the traffic: on a saturated machine
-//! the proxy keeps its speed and capture falls behind (and drops, counted),
-//! instead of both slowing down.
+//! The threads that write each exchange's files and index row yield the CPU
+//! to the traffic: on a saturated machine the proxy keeps its speed and
+//! capture falls behind (and drops, counted), instead of both slowing down.
+//! Large bodies stream from the capture runtime at the traffic's priority:
+//! one fast upload would otherwise outrun its own capture.
 
 /// Lowers the calling thread's priority to `nice` (0 leaves it as is). A
 /// refusal only costs speed, so it is logged, not fatal.
