@@ -192,7 +192,7 @@ impl UpstreamClient {
         // written, or when it is idempotent, bodiless and got no answer.
         attempt = match attempt {
             Err(Failure::Unsent(_, req)) if lease.reused => {
-                self.retry(&key, target, &mut lease, *req).await
+                Box::pin(self.retry(&key, target, &mut lease, *req)).await
             }
             Err(Failure::Sent(e))
                 if lease.reused && (e.is_incomplete_message() || e.is_canceled()) =>
@@ -200,7 +200,7 @@ impl UpstreamClient {
                 match replay {
                     Some(head) => {
                         let req = head.map(|()| SentBody::new(crate::body::empty()));
-                        self.retry(&key, target, &mut lease, req).await
+                        Box::pin(self.retry(&key, target, &mut lease, req)).await
                     }
                     None => Err(Failure::Sent(e)),
                 }
@@ -239,12 +239,17 @@ impl UpstreamClient {
         target: &Target,
         need: Use,
     ) -> Result<Lease, UpstreamError> {
-        let (host, port) = (target.authority.host(), target.port());
         let deadline = Instant::now() + self.config.connect_timeout;
         loop {
             let checkout = self.pool.checkout(key, need == Use::Pooled, deadline).await;
             match checkout {
-                None => return Err(UpstreamError::ConnectTimeout(format!("{host}:{port}"))),
+                None => {
+                    return Err(UpstreamError::ConnectTimeout(format!(
+                        "{}:{}",
+                        target.authority.host(),
+                        target.port()
+                    )))
+                }
                 Some(Checkout::Idle(mut sender)) => {
                     if sender.ready().await.is_ok() {
                         metrics::counter!("ferryman_upstream_pool_total", "result" => "hit")
@@ -256,26 +261,40 @@ impl UpstreamClient {
                     }
                 }
                 Some(Checkout::Open(slot)) => {
-                    metrics::counter!("ferryman_upstream_pool_total", "result" => "miss")
-                        .increment(1);
-                    let started = Instant::now();
-                    let stream =
-                        connect::connect_tcp(host, port, deadline, &self.own_addrs).await?;
-                    let sender = if target.https {
-                        self.start_tls(key, target, need, stream, slot, deadline)
-                            .await?
-                    } else {
-                        self.start(stream, slot, false).await?
-                    };
-                    metrics::histogram!("ferryman_upstream_connect_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    return Ok(Lease {
-                        sender,
-                        reused: false,
-                    });
+                    // Boxed: connecting and handshaking take far more state
+                    // than reusing a pooled connection, which every request
+                    // would otherwise allocate and copy.
+                    return Box::pin(self.open(key, target, need, slot, deadline)).await;
                 }
             }
         }
+    }
+
+    /// A new connection to `target`, in `slot`.
+    async fn open(
+        &self,
+        key: &PoolKey,
+        target: &Target,
+        need: Use,
+        slot: Slot,
+        deadline: Instant,
+    ) -> Result<Lease, UpstreamError> {
+        metrics::counter!("ferryman_upstream_pool_total", "result" => "miss").increment(1);
+        let started = Instant::now();
+        let (host, port) = (target.authority.host(), target.port());
+        let stream = connect::connect_tcp(host, port, deadline, &self.own_addrs).await?;
+        let sender = if target.https {
+            self.start_tls(key, target, need, stream, slot, deadline)
+                .await?
+        } else {
+            self.start(stream, slot, false).await?
+        };
+        metrics::histogram!("ferryman_upstream_connect_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(Lease {
+            sender,
+            reused: false,
+        })
     }
 
     /// TLS, then HTTP/2 if the server chose it (the pool shares that
