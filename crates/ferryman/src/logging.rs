@@ -132,7 +132,7 @@ pub fn init(format: LogFormat, feed: &ferryman_admin::LogFeed) -> FlushOnDrop {
         .with_writer(BatchWriter(batch.clone()));
     let lines = match format {
         LogFormat::Json => lines.json().boxed(),
-        LogFormat::Text => lines.boxed(),
+        LogFormat::Text => lines.fmt_fields(crate::log_fields::TextFields).boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)

@@ -4,6 +4,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod cli;
 mod config;
 mod export;
+mod log_fields;
 mod logging;
 mod settings;
 
