@@ -96,14 +96,32 @@ rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
 p99() { awk '$1 == "99%" {print $2}' "$1"; }
 to_ms() { python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms|s)',v); f={'us':0.001,'ms':1,'s':1000}[m.group(2)]; print(float(m.group(1))*f)" "$1"; }
 
+# CPU ticks the whole machine spent busy (user, nice, system, irq, softirq).
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+requests() { awk '/requests in/ {print $1}' "$1"; }
+
 echo "== 1 KiB GET, keep-alive, $CONNS connections, ${DURATION}s each (wrk -t2)"
+busy0=$(busy_ticks)
 wrk -t2 -c$CONNS -d"${DURATION}s" --latency "$origin/1k" > "$work/direct.txt"
+busy1=$(busy_ticks)
 wrk -t2 -c$CONNS -d"${DURATION}s" --latency "http://127.0.0.1:$nginx_proxy_port/1k" > "$work/nginx-proxy.txt"
 RUST_LOG=warn start_ferryman
 wrk -t2 -c$CONNS -d"${DURATION}s" --latency -s "$work/absolute.lua" "http://127.0.0.1:$ferry_port/" > "$work/quiet.txt"
 stop_ferryman
 start_ferryman
+read -r user0 sys0 < <(awk '{print $14, $15}' "/proc/$ferry_pid/stat")
 wrk -t2 -c$CONNS -d"${DURATION}s" --latency -s "$work/absolute.lua" "http://127.0.0.1:$ferry_port/" > "$work/proxy.txt"
+read -r user1 sys1 < <(awk '{print $14, $15}' "/proc/$ferry_pid/stat")
+stop_ferryman
+python3 - "$((busy1 - busy0))" "$(requests "$work/direct.txt")" "$((user1 - user0))" "$((sys1 - sys0))" "$(requests "$work/proxy.txt")" <<'PY'
+import os, sys
+busy, direct_n, user, system, proxy_n = map(int, sys.argv[1:])
+us = 1e6 / os.sysconf("SC_CLK_TCK")
+direct = busy * us / direct_n
+u, s = user * us / proxy_n, system * us / proxy_n
+print(f"CPU per request: direct path, whole machine {direct:.1f} us; ferryman user {u:.1f} us, kernel {s:.1f} us")
+print(f"ceiling for a proxy whose only cost is ferryman's kernel time: ratio {direct / (direct + s):.2f}")
+PY
 non2xx=$(cat "$work/proxy.txt" "$work/quiet.txt" | grep -c "Non-2xx" || true)
 python3 - "$non2xx" "$(rps "$work/direct.txt")" "$(to_ms "$(p99 "$work/direct.txt")")" \
   "$(rps "$work/proxy.txt")" "$(to_ms "$(p99 "$work/proxy.txt")")" \

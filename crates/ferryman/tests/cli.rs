@@ -45,14 +45,7 @@ async fn check_config_accepts_good_files_and_names_what_is_wrong_in_bad_ones() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("ok"));
 
-    let (code, _, err) = output(&[
-        "check-config",
-        good.to_str().unwrap(),
-        "--set",
-        "upstream.idle_timeout=forever",
-    ])
-    .await;
-    assert_eq!(code, Some(2));
+    let err = refused(&good, "upstream.idle_timeout=forever").await;
     assert!(
         err.contains("upstream.idle_timeout = \"forever\"") && err.contains("not a duration"),
         "{err}"
@@ -61,22 +54,14 @@ async fn check_config_accepts_good_files_and_names_what_is_wrong_in_bad_ones() {
     let not_a_ca = dir.path().join("not-a-ca.pem");
     std::fs::write(&not_a_ca, "hello\n").unwrap();
     let setting = format!("tls.upstream_ca_files=[\"{}\"]", not_a_ca.display());
-    let (code, _, err) = output(&["check-config", good.to_str().unwrap(), "--set", &setting]).await;
-    assert_eq!(code, Some(2));
+    let err = refused(&good, &setting).await;
     assert!(
         err.contains("tls.upstream_ca_files")
             && err.contains("not-a-ca.pem: holds no PEM certificate"),
         "{err}"
     );
 
-    let (code, _, err) = output(&[
-        "check-config",
-        good.to_str().unwrap(),
-        "--set",
-        "capture.nice=20",
-    ])
-    .await;
-    assert_eq!(code, Some(2));
+    let err = refused(&good, "capture.nice=20").await;
     assert!(
         err.contains("capture.nice") && err.contains("must be 0 to 19"),
         "{err}"
@@ -91,6 +76,13 @@ async fn check_config_accepts_good_files_and_names_what_is_wrong_in_bad_ones() {
     let (code, _, err) = output(&["check-config", bad.to_str().unwrap()]).await;
     assert_eq!(code, Some(2));
     assert!(err.contains("listen_port"), "{err}");
+}
+
+/// `check-config` of `file` with one `--set`, refused (exit 2): what it said.
+async fn refused(file: &std::path::Path, setting: &str) -> String {
+    let (code, _, err) = output(&["check-config", file.to_str().unwrap(), "--set", setting]).await;
+    assert_eq!(code, Some(2), "{setting} was accepted");
+    err
 }
 
 #[tokio::test]
