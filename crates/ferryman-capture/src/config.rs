@@ -32,11 +32,12 @@ pub struct CaptureConfig {
     #[serde(with = "humantime_serde")]
     pub store_timeout: Duration,
     pub retention: RetentionConfig,
-    /// The nice value (0 to 19) of the threads that write each exchange's
-    /// record, small bodies and index row: above 0, the traffic gets the CPU
-    /// first when the machine is saturated, and capture drops what it cannot
-    /// keep up with; 0 shares the CPU equally, keeping more exchanges at the
-    /// traffic's expense. Large bodies stream at the traffic's priority.
+    /// How many nice steps (0 to 19) below the traffic the threads that
+    /// write each exchange's record, small bodies and index row run: above
+    /// 0, the traffic gets the CPU first when the machine is saturated, and
+    /// capture drops what it cannot keep up with; 0 shares the CPU equally,
+    /// keeping more exchanges at the traffic's expense. Large bodies stream
+    /// at the traffic's priority.
     pub nice: u8,
     /// Rebuild the index from the records in the store at start, even when
     /// one exists (a fresh index is always rebuilt).
