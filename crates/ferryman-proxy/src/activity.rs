@@ -6,18 +6,18 @@ use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use ferryman_capture::{BodyTap, Capture, Part, Recorder};
+use ferryman_capture::{BodyTap, Part, Recorder};
 use ferryman_http::body::{BodyObserver, Direction, Gate};
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, Method, Response, Uri};
+use http::{HeaderMap, Method, Response};
 
-use crate::session::{Kind, SessionGuard, Sessions};
+use crate::handler::Common;
+use crate::session::{Kind, SessionGuard};
 
 pub(crate) struct Activity {
     session: Arc<SessionGuard>,
+    requests: Arc<RequestCounters>,
     method: Method,
-    /// For CONNECT, the authority form: `host:port`.
-    target: Uri,
     status: AtomicU16,
     aborted: AtomicBool,
     recorder: Option<Recorder>,
@@ -29,26 +29,26 @@ pub(crate) struct Activity {
 }
 
 impl Activity {
-    /// An exchange inside `parent` (a client connection or a tunnel).
+    /// An exchange inside `parent` (a client connection or a tunnel);
+    /// `target` is the full URL, or `host:port` for a CONNECT.
     pub(crate) fn new(
-        sessions: &Sessions,
+        common: &Common,
         parent: &Arc<SessionGuard>,
         method: Method,
-        target: Uri,
-        capture: Option<&Capture>,
+        (target, host): (String, Option<&str>),
     ) -> Self {
-        let session = sessions.child(parent, Kind::Exchange, target.to_string(), target.host());
-        let recorder = capture.map(|capture| {
+        let session = common.sessions.child(parent, Kind::Exchange, target, host);
+        let recorder = common.capture.as_ref().map(|capture| {
             capture.begin(
                 session.id(),
                 session.parent_id(),
-                session.client().to_string(),
+                session.client_text().to_string(),
             )
         });
         Self {
             session,
+            requests: common.requests.clone(),
             method,
-            target,
             status: AtomicU16::new(0),
             aborted: AtomicBool::new(false),
             recorder,
@@ -185,20 +185,19 @@ impl Drop for Activity {
         let status = *self.status.get_mut();
         if matches!(kind, Kind::Exchange | Kind::Websocket) {
             let inbound = if self.session.parent_kind() == Some(Kind::Http) {
-                "forward"
+                Inbound::Forward
             } else {
-                "intercepted"
+                Inbound::Intercepted
             };
-            metrics::counter!("ferryman_requests_total", "inbound" => inbound, "status" => status_class(status))
-                .increment(1);
+            self.requests.get(inbound, status).increment(1);
         }
         tracing::info!(
             target: "ferryman::access",
             kind = kind.name(),
             session = self.session.id(),
-            client = %self.session.client(),
+            client = %self.session.client_text(),
             method = %self.method,
-            target = %self.target,
+            target = %self.session.target(),
             status,
             bytes_up = up,
             bytes_down = down,
@@ -208,14 +207,35 @@ impl Drop for Activity {
     }
 }
 
-/// `2xx`, `4xx`...; `none` when no response was sent.
-fn status_class(status: u16) -> &'static str {
-    match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        5 => "5xx",
-        _ => "none",
+#[derive(Clone, Copy)]
+enum Inbound {
+    Forward,
+    Intercepted,
+}
+
+const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// `ferryman_requests_total` by inbound and status class (`none` when no
+/// response was sent), every series registered once: finding a counter by
+/// its labels cost ~1k instructions of each exchange.
+pub(crate) struct RequestCounters([[metrics::Counter; 6]; 2]);
+
+impl RequestCounters {
+    /// Call it once the metrics recorder is installed.
+    pub(crate) fn new() -> Arc<Self> {
+        let by_status = |inbound: &'static str| {
+            STATUS_CLASSES.map(|status| {
+                metrics::counter!("ferryman_requests_total", "inbound" => inbound, "status" => status)
+            })
+        };
+        Arc::new(Self([by_status("forward"), by_status("intercepted")]))
+    }
+
+    fn get(&self, inbound: Inbound, status: u16) -> &metrics::Counter {
+        let class = match status / 100 {
+            class @ 1..=5 => class as usize,
+            _ => 0,
+        };
+        &self.0[inbound as usize][class]
     }
 }

@@ -24,14 +24,18 @@ impl std::error::Error for Closed {}
 
 pub(crate) struct Closable {
     inner: ProxyBody,
-    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+    token: CancellationToken,
+    /// Waits for the token once the body has had to wait: a body whose
+    /// frames are ready (most) never registers a waiter.
+    closed: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
 impl Closable {
     pub(crate) fn new(inner: ProxyBody, token: CancellationToken) -> Self {
         Self {
             inner,
-            closed: Box::pin(token.cancelled_owned()),
+            token,
+            closed: None,
         }
     }
 }
@@ -41,13 +45,24 @@ impl Body for Closable {
     type Error = BoxError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.closed.as_mut().poll(cx).is_ready() {
+        let this = self.get_mut();
+        if this.token.is_cancelled() {
             return Poll::Ready(Some(Err(Closed.into())));
         }
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if frame.is_pending() {
+            let token = &this.token;
+            let closed = this
+                .closed
+                .get_or_insert_with(|| Box::pin(token.clone().cancelled_owned()));
+            if closed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Err(Closed.into())));
+            }
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::activity::Activity;
+use crate::activity::{Activity, RequestCounters};
 use crate::auth::ProxyAuth;
 use crate::closable::Closable;
 use crate::intercept::Interception;
@@ -46,6 +46,7 @@ pub(crate) struct Common {
     pub(crate) stopping: CancellationToken,
     pub(crate) sessions: Sessions,
     pub(crate) capture: Option<Capture>,
+    pub(crate) requests: Arc<RequestCounters>,
 }
 
 /// One worker thread's view: the common part plus its own upstream pool, so
@@ -79,16 +80,15 @@ impl Handler {
     pub(crate) fn handle(self, req: Request<Incoming>) -> HandleFuture {
         Box::pin(async move {
             let target = match &self.intercepted {
-                Some(inside) => absolute(inside, req.uri()),
-                None => req.uri().clone(),
+                Some(inside) => (absolute(inside, req.uri()), Some(inside.authority.host())),
+                None => (req.uri().to_string(), req.uri().host()),
             };
             let common = &self.shared.common;
             let log = Arc::new(Activity::new(
-                &common.sessions,
+                common,
                 &self.parent,
                 req.method().clone(),
                 target,
-                common.capture.as_ref(),
             ));
             let client_version = req.version();
             log.request(client_version, req.headers());
@@ -96,7 +96,10 @@ impl Handler {
                 log.tls(tls);
             }
             let closed = log.session().cancelled().clone();
+            // Biased: the route first, so an exchange that is answered at
+            // once never registers to hear of its closing.
             let mut response = tokio::select! {
+                biased;
                 response = self.route(req, &log) => response,
                 () = closed.cancelled() => {
                     log.abort();
@@ -283,10 +286,19 @@ impl Handler {
 }
 
 /// The full URL of a request inside an intercepted tunnel, for the log.
-fn absolute(target: &Target, uri: &Uri) -> Uri {
-    let scheme = if target.https { "https" } else { "http" };
+fn absolute(target: &Target, uri: &Uri) -> String {
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    Uri::try_from(format!("{scheme}://{}{path}", target.authority)).unwrap_or_else(|_| uri.clone())
+    if !path.starts_with('/') {
+        // `OPTIONS *`: no URL names it.
+        return path.to_string();
+    }
+    let scheme = if target.https { "https://" } else { "http://" };
+    let authority = target.authority.as_str();
+    let mut url = String::with_capacity(scheme.len() + authority.len() + path.len());
+    for part in [scheme, authority, path] {
+        url.push_str(part);
+    }
+    url
 }
 
 fn origin_form(uri: &Uri) -> Uri {

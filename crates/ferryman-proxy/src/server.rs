@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::activity::RequestCounters;
 use crate::auth::ProxyAuth;
 use crate::counted::Counted;
 use crate::guard::FramingGuard;
@@ -58,6 +59,9 @@ pub struct RunningProxy {
 impl ForwardProxy {
     /// `upstream_tls` says how to check servers reached over https.
     /// With `interception`, CONNECT tunnels are intercepted as its rules say.
+    /// Bind once the metrics recorder is installed: the proxy registers
+    /// the series it records here, and those of each worker's upstream
+    /// client when it starts serving.
     pub fn bind(
         config: ProxyConfig,
         upstream: UpstreamConfig,
@@ -81,6 +85,7 @@ impl ForwardProxy {
             stopping: CancellationToken::new(),
             sessions: observers.sessions,
             capture: observers.capture,
+            requests: RequestCounters::new(),
         });
         Ok(Self {
             listener,

@@ -125,6 +125,10 @@ pub struct Session {
     parent: Option<Arc<Session>>,
     kind: AtomicU8,
     client: SocketAddr,
+    /// `client` as text, written once per client connection: every
+    /// exchange's log line and table row shows it, and formatting an
+    /// address costs more than the rest of the line.
+    client_text: Arc<str>,
     target: String,
     started: SystemTime,
     start: Instant,
@@ -253,9 +257,12 @@ impl Sessions {
     ) -> SessionGuard {
         let inner = &self.inner;
         let traffic = &inner.traffic;
-        let client_bytes = match &parent {
-            Some(parent) => parent.client_bytes.clone(),
-            None => traffic.clients.get_with(client.ip(), Arc::default),
+        let (client_bytes, client_text) = match &parent {
+            Some(parent) => (parent.client_bytes.clone(), parent.client_text.clone()),
+            None => (
+                traffic.clients.get_with(client.ip(), Arc::default),
+                client.to_string().into(),
+            ),
         };
         let host_bytes = host.map(|h| traffic.hosts.get_with(h.to_ascii_lowercase(), Arc::default));
         let cancel = match &parent {
@@ -267,6 +274,7 @@ impl Sessions {
             parent,
             kind: AtomicU8::new(kind as u8),
             client,
+            client_text,
             target,
             started: SystemTime::now(),
             start: Instant::now(),
@@ -462,6 +470,10 @@ impl Session {
         self.client
     }
 
+    pub(crate) fn client_text(&self) -> &str {
+        &self.client_text
+    }
+
     /// Cancelled when the session is closed from outside (or its parent is).
     pub(crate) fn cancelled(&self) -> &CancellationToken {
         &self.cancel
@@ -532,7 +544,7 @@ impl Session {
             id: self.id,
             parent_id: self.parent_id(),
             kind: self.kind().name(),
-            client: self.client.to_string(),
+            client: self.client_text.to_string(),
             target: self.target.clone(),
             outbound: self.parent.is_some().then_some("direct"),
             started_ms: unix_ms(self.started),

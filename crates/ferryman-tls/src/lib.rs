@@ -2,11 +2,13 @@
 //! it mints, and how it checks the servers it connects to.
 
 mod ca;
+mod provider;
 mod upstream;
 
 use std::path::PathBuf;
 
 pub use ca::CertificateAuthority;
+pub use provider::provider;
 pub use rustls::sign::CertifiedKey;
 pub use upstream::client_config;
 

@@ -18,7 +18,7 @@ pub fn client_config(
     extra_ca_files: &[PathBuf],
     insecure: bool,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crate::provider();
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();
@@ -139,5 +139,58 @@ mod tests {
         assert!(err.to_string().contains("missing.pem"), "{err}");
         assert!(client_config(&[], false).is_ok());
         assert!(client_config(&[], true).is_ok());
+    }
+
+    /// An origin that follows the client's order (rustls's and nginx's
+    /// default) is asked for AES-128-GCM, in TLS 1.3 and in TLS 1.2.
+    #[test]
+    fn origins_following_the_client_get_aes_128_gcm() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::CertificateAuthority::open(dir.path(), None, 10).unwrap();
+        let client = client_config(&[ca.cert_path().to_path_buf()], false).unwrap();
+        for (version, expected) in [
+            (
+                &rustls::version::TLS13,
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            ),
+            (
+                &rustls::version::TLS12,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ),
+        ] {
+            let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Origin(ca.leaf("origin.test").unwrap())));
+            let mut server = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+            let name = ServerName::try_from("origin.test").unwrap();
+            let mut client = rustls::ClientConnection::new(client.clone(), name).unwrap();
+            while client.is_handshaking() || server.is_handshaking() {
+                let mut bytes = Vec::new();
+                client.write_tls(&mut bytes).unwrap();
+                server.read_tls(&mut bytes.as_slice()).unwrap();
+                server.process_new_packets().unwrap();
+                bytes.clear();
+                server.write_tls(&mut bytes).unwrap();
+                client.read_tls(&mut bytes.as_slice()).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            assert_eq!(client.negotiated_cipher_suite().unwrap().suite(), expected);
+        }
+    }
+
+    #[derive(Debug)]
+    struct Origin(Arc<rustls::sign::CertifiedKey>);
+
+    impl rustls::server::ResolvesServerCert for Origin {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            Some(self.0.clone())
+        }
     }
 }

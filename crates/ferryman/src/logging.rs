@@ -59,19 +59,17 @@ impl Batch {
     }
 }
 
-/// Hands each formatted event to the batch in one piece.
+/// Hands each formatted event to the batch in one piece: tracing-subscriber
+/// formats an event into a buffer of its own and writes it with one
+/// `write_all`, so a line is never split between threads.
 #[derive(Clone)]
 struct BatchWriter(Arc<Batch>);
 
-/// One event's bytes; formatting writes in pieces, the batch gets the whole line.
-struct Line {
-    batch: Arc<Batch>,
-    bytes: Vec<u8>,
-}
+struct Line<'a>(&'a Batch);
 
-impl Write for Line {
+impl Write for Line<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.bytes.extend_from_slice(buf);
+        self.0.push(buf);
         Ok(buf.len())
     }
 
@@ -80,20 +78,11 @@ impl Write for Line {
     }
 }
 
-impl Drop for Line {
-    fn drop(&mut self) {
-        self.batch.push(&self.bytes);
-    }
-}
-
 impl<'a> MakeWriter<'a> for BatchWriter {
-    type Writer = Line;
+    type Writer = Line<'a>;
 
-    fn make_writer(&'a self) -> Line {
-        Line {
-            batch: self.0.clone(),
-            bytes: Vec::with_capacity(256),
-        }
+    fn make_writer(&'a self) -> Line<'a> {
+        Line(&self.0)
     }
 }
 
@@ -129,6 +118,7 @@ pub fn init(format: LogFormat, feed: &ferryman_admin::LogFeed) -> FlushOnDrop {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let lines = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
+        .with_timer(crate::log_time::Utc)
         .with_writer(BatchWriter(batch.clone()));
     let lines = match format {
         LogFormat::Json => lines.json().boxed(),

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod export;
 mod log_fields;
+mod log_time;
 mod logging;
 mod settings;
 

@@ -314,8 +314,7 @@ fn server_config(
     leaf: Arc<CertifiedKey>,
     alpn: Vec<Vec<u8>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(ferryman_tls::provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Leaf(leaf)));
