@@ -98,6 +98,17 @@ impl Visit for Visitor<'_> {
         }
     }
 
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if field.name() == "message" {
+            self.message(format_args!("{value:?}"));
+        } else if self.name(field) {
+            self.result = match thousandths(value) {
+                Some(thousandths) => write_thousandths(&mut self.writer, thousandths),
+                None => write!(self.writer, "{value:?}"),
+            };
+        }
+    }
+
     fn record_bool(&mut self, field: &Field, value: bool) {
         if self.name(field) {
             self.result = self.writer.write_str(if value { "true" } else { "false" });
@@ -126,6 +137,35 @@ fn write_u64(writer: &mut Writer<'_>, mut value: u64) -> fmt::Result {
     }
     // Only ASCII digits were written.
     writer.write_str(std::str::from_utf8(&digits[start..]).map_err(|_| fmt::Error)?)
+}
+
+/// `value` as a whole number of thousandths, when it is exactly the
+/// double nearest one (durations in milliseconds are microseconds / 1000)
+/// and small enough that `Debug` writes it as those digits.
+fn thousandths(value: f64) -> Option<u64> {
+    let scaled = (value * 1000.0).round();
+    ((0.0..1e12).contains(&scaled) && scaled / 1000.0 == value).then_some(scaled as u64)
+}
+
+/// What `Debug` writes for thousandths / 1000: the shortest decimal that
+/// reads back as the same double, which for such a value is its own
+/// digits without trailing zeros, and at least one after the point.
+fn write_thousandths(writer: &mut Writer<'_>, thousandths: u64) -> fmt::Result {
+    write_u64(writer, thousandths / 1000)?;
+    let fraction = thousandths % 1000;
+    let digits = [
+        b'.',
+        b'0' + (fraction / 100) as u8,
+        b'0' + (fraction / 10 % 10) as u8,
+        b'0' + (fraction % 10) as u8,
+    ];
+    let keep = match (fraction % 100, fraction % 10) {
+        (0, _) => 2,
+        (_, 0) => 3,
+        _ => 4,
+    };
+    // Only ASCII was written.
+    writer.write_str(std::str::from_utf8(&digits[..keep]).map_err(|_| fmt::Error)?)
 }
 
 #[cfg(test)]
@@ -172,6 +212,9 @@ mod tests {
             max = u64::MAX,
             duration_ms = 1.5f64,
             whole_ms = 2.0f64,
+            tiny_ms = 0.007f64,
+            odd = 0.1f64 + 0.2f64,
+            negative = -3.25f64,
             aborted = false,
             r#type = "t",
         );
@@ -202,10 +245,37 @@ mod tests {
     }
 
     #[test]
+    fn durations_read_as_debug_writes_them() {
+        let cases = (0..3_000_000u64)
+            .chain((0..30).map(|shift| (1u64 << shift) * 999))
+            .chain([999_999_999_999, 123_456_789_012]);
+        for micros in cases {
+            let value = micros as f64 / 1000.0;
+            assert_eq!(thousandths(value), Some(micros));
+            let mut text = String::new();
+            write_thousandths(&mut Writer::new(&mut text), micros).unwrap();
+            assert_eq!(text, format!("{value:?}"), "{micros} µs");
+        }
+        for odd in [
+            0.1 + 0.2,
+            1e-7,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+            1e15,
+            2.0004999,
+        ] {
+            assert_eq!(thousandths(odd), None, "{odd}");
+        }
+    }
+
+    #[test]
     fn fields_read_exactly_as_the_default_formatter_writes_them() {
         let ours = lines(TextFields);
         assert_eq!(ours, lines(DefaultFields::new()));
-        assert!(ours.contains("max=18446744073709551615 duration_ms=1.5 whole_ms=2.0"));
+        assert!(
+            ours.contains("max=18446744073709551615 duration_ms=1.5 whole_ms=2.0 tiny_ms=0.007")
+        );
         assert!(ours.contains("offset=-12 zero=0"));
         assert!(ours.contains(r#"something odd happened reason="a \"quoted\"\tline\\ é" n=3"#));
     }
