@@ -5,9 +5,13 @@
 # same run, and against mitmproxy when $MITMDUMP (or mitmdump on PATH) exists:
 #   python3 -m venv /tmp/mitm && /tmp/mitm/bin/pip install mitmproxy
 #   MITMDUMP=/tmp/mitm/bin/mitmdump bench/intercept.sh [seconds per run]
+# The requests/s figure is taken in $ROUNDS (default 3) interleaved rounds,
+# each with its own direct run, beside nginx as a TLS-terminating proxy that
+# re-encrypts to the same origin (a calibration: the same work, done by C).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
+ROUNDS=${ROUNDS:-3}
 CONNS=32
 MITMDUMP=${MITMDUMP:-$(command -v mitmdump || true)}
 
@@ -28,11 +32,56 @@ wait_for "$work/data/ca/ferryman-ca.pem"
 wait_port "$ferry_port"
 ferry_ca="$work/data/ca/ferryman-ca.pem"
 
-echo "== 1 KiB GETs over $CONNS keep-alive HTTPS connections, ${DURATION}s each"
-direct=$($bench --target "$target" --ca "$work/origin-ca.pem" rps --connections $CONNS --seconds "$DURATION")
-proxied=$($bench --target "$target" --ca "$ferry_ca" --proxy "127.0.0.1:$ferry_port" rps --connections $CONNS --seconds "$DURATION")
-echo "direct TLS:           $direct"
-echo "ferryman intercepted: $proxied"
+# --- calibration: nginx terminating TLS and re-encrypting to the origin ----
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+  -keyout "$work/proxy.key" -out "$work/proxy.csr" 2>/dev/null
+openssl x509 -req -in "$work/proxy.csr" -CA "$work/origin-ca.pem" -CAkey "$work/origin-ca.key" \
+  -CAcreateserial -days 2 -extfile "$work/origin.ext" -out "$work/proxy.pem" 2>/dev/null
+nginx_port=$(free_port)
+mkdir -p "$work/nginx-proxy"
+cat > "$work/nginx-proxy.conf" <<NGINX
+worker_processes 2;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/nginx-proxy; proxy_temp_path $work/nginx-proxy;
+  fastcgi_temp_path $work/nginx-proxy; uwsgi_temp_path $work/nginx-proxy; scgi_temp_path $work/nginx-proxy;
+  upstream origin { server $target; keepalive 128; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$nginx_port ssl;
+    ssl_certificate $work/proxy.pem;
+    ssl_certificate_key $work/proxy.key;
+    location / {
+      proxy_pass https://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate $work/origin-ca.pem;
+      proxy_ssl_name 127.0.0.1;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+NGINX
+nginx -c "$work/nginx-proxy.conf"
+wait_port "$nginx_port"
+
+echo "== 1 KiB GETs over $CONNS keep-alive HTTPS connections, $ROUNDS interleaved rounds of ${DURATION}s"
+: > "$work/rounds"
+for round in $(seq "$ROUNDS"); do
+  direct=$($bench --target "$target" --ca "$work/origin-ca.pem" rps --connections $CONNS --seconds "$DURATION")
+  proxied=$($bench --target "$target" --ca "$ferry_ca" --proxy "127.0.0.1:$ferry_port" rps --connections $CONNS --seconds "$DURATION")
+  nginx=$($bench --target "127.0.0.1:$nginx_port" --ca "$work/origin-ca.pem" rps --connections $CONNS --seconds "$DURATION")
+  echo "round $round"
+  echo "  direct TLS:           $direct"
+  echo "  ferryman intercepted: $proxied"
+  echo "  nginx TLS proxy:      $nginx"
+  echo "$(echo "$direct" | field rps) $(echo "$proxied" | field rps) $(echo "$nginx" | field rps)" >> "$work/rounds"
+done
+proxied=$(sort -k2 -n "$work/rounds" | awk '{print $2}' | sed -n "$(( (ROUNDS + 1) / 2 ))p")
 mitm_rps=""
 if [ -n "$MITMDUMP" ]; then
   mitm_port=$(free_port)
@@ -47,13 +96,18 @@ if [ -n "$MITMDUMP" ]; then
 else
   echo "mitmproxy: not found (set MITMDUMP), skipped"
 fi
-python3 - "$(echo "$direct" | field rps)" "$(echo "$proxied" | field rps)" "$mitm_rps" <<'PY'
-import sys
-d, p = float(sys.argv[1]), float(sys.argv[2])
-print(f"RATIO intercepted/direct TLS requests/s = {p/d:.2f}   (target >= 0.50)")
+python3 - "$work/rounds" "$proxied" "$mitm_rps" <<'PY'
+import statistics, sys
+rounds = [[float(x) for x in line.split()] for line in open(sys.argv[1])]
+ours = [p / d for d, p, _ in rounds]
+nginx = [n / d for d, _, n in rounds]
+print("rounds, intercepted/direct:", " ".join(f"{r:.2f}" for r in ours),
+      "  nginx TLS proxy/direct:", " ".join(f"{r:.2f}" for r in nginx))
+print(f"RATIO intercepted/direct TLS requests/s = {statistics.median(ours):.2f} (median)   (target >= 0.50)")
+print(f"      nginx TLS proxy/direct TLS = {statistics.median(nginx):.2f} (median, calibration)")
 if sys.argv[3]:
-    m = float(sys.argv[3])
-    print(f"RATIO ferryman/mitmproxy requests/s = {p/m:.0f}x   (target >= 30x)")
+    p, m = float(sys.argv[2]), float(sys.argv[3])
+    print(f"RATIO ferryman/mitmproxy requests/s = {p/m:.0f}x (median round's ferryman)   (target >= 30x)")
 PY
 
 echo "== new-host handshakes: CONNECT + TLS with a server name not seen before"
