@@ -356,3 +356,41 @@ async fn upstream_tls_is_checked_against_the_client_sni() {
     assert!(answer.ends_with("named /sni"), "{answer}");
     proxy.shutdown().await;
 }
+
+/// A client that leads with AES-256 (rustls's own order) gets AES-128-GCM,
+/// cheaper for both ends; one that leads with ChaCha20 (no AES hardware,
+/// most likely) gets ChaCha20.
+#[tokio::test]
+async fn the_client_gets_aes_128_gcm_unless_it_leads_with_chacha20() {
+    use rustls::CipherSuite;
+    let ca = TestCa::new();
+    let backend = tls_backend(&ca).await;
+    let (proxy, dir) = intercepting_proxy(&[ca.pem_path()], false, all()).await;
+    let mut chacha_first = rustls::crypto::ring::default_provider();
+    chacha_first
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != CipherSuite::TLS13_CHACHA20_POLY1305_SHA256);
+    for (provider, expected) in [
+        (
+            rustls::crypto::ring::default_provider(),
+            CipherSuite::TLS13_AES_128_GCM_SHA256,
+        ),
+        (chacha_first, CipherSuite::TLS13_CHACHA20_POLY1305_SHA256),
+    ] {
+        let raw = tunnel(proxy.local_addr(), backend.addr).await;
+        let mut tls = common::tls_trusting_ferryman_with(
+            &dir,
+            "127.0.0.1",
+            raw.stream,
+            &[b"http/1.1"],
+            provider,
+        )
+        .await;
+        let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
+        assert_eq!(suite, Some(expected));
+        let request = b"GET /suite HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        let answer = String::from_utf8(common::request_over(&mut tls, request).await).unwrap();
+        assert!(answer.contains("secure /suite"), "{answer}");
+    }
+    proxy.shutdown().await;
+}

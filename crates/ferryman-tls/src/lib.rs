@@ -8,7 +8,7 @@ mod upstream;
 use std::path::PathBuf;
 
 pub use ca::CertificateAuthority;
-pub use provider::provider;
+pub use provider::{provider, server_picks_suite};
 pub use rustls::sign::CertifiedKey;
 pub use upstream::client_config;
 

@@ -10,10 +10,10 @@ use rustls::{CipherSuite, ProtocolVersion, SupportedCipherSuite};
 /// Interception encrypts and decrypts every byte twice on ferryman's cores,
 /// and AES-128 takes 10 rounds where AES-256 takes 14: on this project's
 /// machine it was a third faster on bulk data. It is also first in
-/// Chromium's and Firefox's own lists. The order only matters where
-/// ferryman is the client (servers mostly follow the client's order); as
-/// a server ferryman keeps rustls's default of following the client, so a
-/// client that prefers ChaCha20 (no AES hardware) still gets it.
+/// Chromium's and Firefox's own lists, and the suite every TLS 1.3 peer
+/// must implement. As a client ferryman offers this order (servers mostly
+/// follow the client's); as a server it applies it where
+/// [`server_picks_suite`] says so.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
@@ -25,6 +25,30 @@ pub fn provider() -> Arc<CryptoProvider> {
             Arc::new(provider)
         })
         .clone()
+}
+
+/// Whether ferryman, as a TLS server, picks the suite from its own order
+/// rather than following the client's. A client whose first choice (among
+/// what ferryman supports; GREASE values are skipped) is ChaCha20 most
+/// likely has no AES hardware, and keeps its order, the rule Go's TLS
+/// server follows too; any other client gets AES-128-GCM, the cheapest for
+/// both ends on AES hardware.
+pub fn server_picks_suite(offered: &[CipherSuite]) -> bool {
+    let supported = provider();
+    let first = offered.iter().find(|offered| {
+        supported
+            .cipher_suites
+            .iter()
+            .any(|ours| ours.suite() == **offered)
+    });
+    !matches!(
+        first,
+        Some(
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+                | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        )
+    )
 }
 
 fn is_tls13(suite: &SupportedCipherSuite) -> bool {
@@ -43,6 +67,20 @@ fn is_aes_128_gcm(suite: &SupportedCipherSuite) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_that_lead_with_chacha20_keep_their_order() {
+        let grease = CipherSuite::Unknown(0x0a0a);
+        let chacha = CipherSuite::TLS13_CHACHA20_POLY1305_SHA256;
+        let aes_256 = CipherSuite::TLS13_AES_256_GCM_SHA384;
+        assert!(!server_picks_suite(&[grease, chacha, aes_256]));
+        assert!(!server_picks_suite(&[
+            CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        ]));
+        assert!(server_picks_suite(&[grease, aes_256, chacha]));
+        assert!(server_picks_suite(&[aes_256]));
+        assert!(server_picks_suite(&[]));
+    }
 
     #[test]
     fn aes_128_gcm_leads_each_version_and_no_suite_is_lost() {

@@ -237,8 +237,9 @@ async fn tls(
         offer_http2: spoken.as_ref().is_some_and(|list| list.contains(&H2)),
         ..Target::https(authority)
     };
+    let picks_suite = ferryman_tls::server_picks_suite(hello.cipher_suites());
     let (alpn, upstream_failed) = mirror_alpn(&shared, &target, upstream, spoken).await;
-    let config = match server_config(leaf, alpn) {
+    let config = match server_config(leaf, alpn, picks_suite) {
         Ok(config) => config,
         Err(e) => {
             debug!(error = %e, "cannot build the interception TLS config");
@@ -310,15 +311,19 @@ async fn mirror_alpn(
     }
 }
 
+/// `picks_suite`: choose the cipher suite from ferryman's order instead of
+/// the client's (see [`ferryman_tls::server_picks_suite`]).
 fn server_config(
     leaf: Arc<CertifiedKey>,
     alpn: Vec<Vec<u8>>,
+    picks_suite: bool,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(ferryman_tls::provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Leaf(leaf)));
     config.alpn_protocols = alpn;
+    config.ignore_client_order = picks_suite;
     Ok(Arc::new(config))
 }
 

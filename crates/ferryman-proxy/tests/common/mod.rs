@@ -171,6 +171,22 @@ pub async fn tls_trusting_ferryman_offering<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let provider = rustls::crypto::ring::default_provider();
+    tls_trusting_ferryman_with(dir, name, io, alpn, provider).await
+}
+
+/// [`tls_trusting_ferryman_offering`], with `provider`'s cipher suites in
+/// its order.
+pub async fn tls_trusting_ferryman_with<IO>(
+    dir: &tempfile::TempDir,
+    name: &str,
+    io: IO,
+    alpn: &[&[u8]],
+    provider: rustls::crypto::CryptoProvider,
+) -> tokio_rustls::client::TlsStream<IO>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(dir.path().join("ferryman-ca.pem")).expect("ferryman's CA");
     for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
@@ -178,8 +194,7 @@ where
             .add(cert.expect("a PEM certificate"))
             .expect("a CA certificate");
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .with_root_certificates(roots)
