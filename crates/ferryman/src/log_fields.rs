@@ -144,7 +144,9 @@ fn write_u64(writer: &mut Writer<'_>, mut value: u64) -> fmt::Result {
 /// and small enough that `Debug` writes it as those digits.
 fn thousandths(value: f64) -> Option<u64> {
     let scaled = (value * 1000.0).round();
-    ((0.0..1e12).contains(&scaled) && scaled / 1000.0 == value).then_some(scaled as u64)
+    // -0.0 passes the range and the comparison, but `Debug` writes "-0.0".
+    let whole = value.is_sign_positive() && (0.0..1e12).contains(&scaled);
+    (whole && scaled / 1000.0 == value).then_some(scaled as u64)
 }
 
 /// What `Debug` writes for thousandths / 1000: the shortest decimal that
@@ -215,6 +217,7 @@ mod tests {
             tiny_ms = 0.007f64,
             odd = 0.1f64 + 0.2f64,
             negative = -3.25f64,
+            negative_zero = -0.0f64,
             aborted = false,
             r#type = "t",
         );
@@ -257,6 +260,7 @@ mod tests {
             assert_eq!(text, format!("{value:?}"), "{micros} µs");
         }
         for odd in [
+            -0.0,
             0.1 + 0.2,
             1e-7,
             -1.0,

@@ -146,4 +146,38 @@ mod tests {
         assert_eq!(batch.bytes.lock().unwrap().len(), 8 << 20);
         assert_eq!(batch.dropped.load(Ordering::Relaxed), 2);
     }
+
+    /// The writer pushes each `write` to the batch as it comes, trusting
+    /// tracing-subscriber to hand over a whole event at once; threads
+    /// logging long lines at the same time must never interleave.
+    #[test]
+    fn lines_from_many_threads_stay_whole() {
+        let batch = Arc::new(Batch::default());
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(BatchWriter(batch.clone()))
+            .finish();
+        let dispatch = tracing::Dispatch::new(subscriber);
+        let long = "x".repeat(4096);
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let (dispatch, long) = (dispatch.clone(), &long);
+                scope.spawn(move || {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        for n in 0..200 {
+                            tracing::info!(thread, n, long = %long, "end");
+                        }
+                    })
+                });
+            }
+        });
+        let bytes = batch.bytes.lock().unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 800);
+        let whole = format!(" long={long}");
+        assert!(lines
+            .iter()
+            .all(|l| l.contains("INFO") && l.ends_with(&whole)));
+    }
 }
