@@ -28,12 +28,17 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Whether ferryman, as a TLS server, picks the suite from its own order
-/// rather than following the client's. A client whose first choice (among
-/// what ferryman supports; GREASE values are skipped) is ChaCha20 most
-/// likely has no AES hardware, and keeps its order, the rule Go's TLS
-/// server follows too; any other client gets AES-128-GCM, the cheapest for
-/// both ends on AES hardware.
+/// rather than following the client's. Only on a CPU with AES instructions
+/// (without them ChaCha20 is the faster one), and not for a client whose
+/// first choice (among what ferryman supports; GREASE values are skipped)
+/// is ChaCha20: it most likely has no AES hardware itself. Go's TLS server
+/// decides the same way. Any other client gets AES-128-GCM, the cheapest
+/// for both ends.
 pub fn server_picks_suite(offered: &[CipherSuite]) -> bool {
+    picks_suite(offered, aes_hardware())
+}
+
+fn picks_suite(offered: &[CipherSuite], aes_hardware: bool) -> bool {
     let supported = provider();
     let first = offered.iter().find(|offered| {
         supported
@@ -41,14 +46,33 @@ pub fn server_picks_suite(offered: &[CipherSuite]) -> bool {
             .iter()
             .any(|ours| ours.suite() == **offered)
     });
-    !matches!(
-        first,
-        Some(
-            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
-                | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-                | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+    aes_hardware
+        && !matches!(
+            first,
+            Some(
+                CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+                    | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                    | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            )
         )
-    )
+}
+
+/// AES and carry-less multiplication (for GCM) in hardware.
+fn aes_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+            && std::arch::is_aarch64_feature_detected!("pmull")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
 }
 
 fn is_tls13(suite: &SupportedCipherSuite) -> bool {
@@ -73,13 +97,21 @@ mod tests {
         let grease = CipherSuite::Unknown(0x0a0a);
         let chacha = CipherSuite::TLS13_CHACHA20_POLY1305_SHA256;
         let aes_256 = CipherSuite::TLS13_AES_256_GCM_SHA384;
-        assert!(!server_picks_suite(&[grease, chacha, aes_256]));
-        assert!(!server_picks_suite(&[
-            CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
-        ]));
-        assert!(server_picks_suite(&[grease, aes_256, chacha]));
-        assert!(server_picks_suite(&[aes_256]));
-        assert!(server_picks_suite(&[]));
+        assert!(!picks_suite(&[grease, chacha, aes_256], true));
+        assert!(!picks_suite(
+            &[CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256],
+            true
+        ));
+        assert!(picks_suite(&[grease, aes_256, chacha], true));
+        assert!(picks_suite(&[aes_256], true));
+        assert!(picks_suite(&[], true));
+    }
+
+    #[test]
+    fn without_aes_instructions_every_client_keeps_its_order() {
+        let aes_256 = CipherSuite::TLS13_AES_256_GCM_SHA384;
+        assert!(!picks_suite(&[aes_256], false));
+        assert!(!picks_suite(&[], false));
     }
 
     #[test]
