@@ -183,6 +183,22 @@ mod tests {
     }
 
     #[test]
+    fn connection_options_that_name_no_field_remove_nothing_else() {
+        let mut h = map(&[
+            (
+                "connection",
+                "close, keep-alive, x-absent, not a name, , Upgrade",
+            ),
+            ("content-length", "3"),
+            ("close", "reserved, but listed"),
+            ("upgrade", "h2c"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-length"]);
+    }
+
+    #[test]
     fn te_trailers_survives_alone() {
         let mut h = map(&[("connection", "TE"), ("te", "gzip, Trailers")]);
         strip_hop_by_hop(&mut h, false);

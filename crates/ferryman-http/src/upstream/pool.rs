@@ -195,12 +195,16 @@ impl Pool {
             let notified = {
                 let mut hosts = self.lock();
                 let max = self.shared.max_per_host;
-                let host = hosts.entry(key.clone()).or_insert_with(|| Host {
-                    idle: Vec::new(),
-                    shared: None,
-                    slots: Arc::new(Semaphore::new(max)),
-                    freed: Arc::new(Notify::new()),
-                });
+                // Looked up before inserting: the key is cloned only for a new host.
+                let host = match hosts.get_mut(key) {
+                    Some(host) => host,
+                    None => hosts.entry(key.clone()).or_insert_with(|| Host {
+                        idle: Vec::new(),
+                        shared: None,
+                        slots: Arc::new(Semaphore::new(max)),
+                        freed: Arc::new(Notify::new()),
+                    }),
+                };
                 if allow_idle {
                     if let Some(sender) = host.take_idle(self.shared.idle_timeout) {
                         return Some(Checkout::Idle(sender));
