@@ -18,6 +18,22 @@ MITMDUMP=${MITMDUMP:-$(command -v mitmdump || true)}
 
 . bench/lib.sh
 
+# Prints each round's ratios (lines of "direct ferryman nginx" in $1) and
+# the medians; $2 names the figure, $3 is its target.
+report_rounds() {
+  python3 - "$@" <<'PY'
+import statistics, sys
+path, what, target = sys.argv[1:4]
+rounds = [[float(x) for x in line.split()] for line in open(path)]
+ours = [p / d for d, p, _ in rounds]
+nginx = [n / d for d, _, n in rounds]
+print("rounds, intercepted/direct:", " ".join(f"{r:.2f}" for r in ours),
+      "  nginx TLS proxy/direct:", " ".join(f"{r:.2f}" for r in nginx))
+print(f"RATIO intercepted/direct TLS {what} = {statistics.median(ours):.2f} (median)   (target >= {target})")
+print(f"      nginx TLS proxy/direct TLS = {statistics.median(nginx):.2f} (median, calibration)")
+PY
+}
+
 cargo build --release -q -p ferryman -p ferryman-bench
 bench=target/release/ferryman-bench
 
@@ -99,19 +115,10 @@ if [ -n "$MITMDUMP" ]; then
 else
   echo "mitmproxy: not found (set MITMDUMP), skipped"
 fi
-python3 - "$work/rounds" "$proxied" "$mitm_rps" <<'PY'
-import statistics, sys
-rounds = [[float(x) for x in line.split()] for line in open(sys.argv[1])]
-ours = [p / d for d, p, _ in rounds]
-nginx = [n / d for d, _, n in rounds]
-print("rounds, intercepted/direct:", " ".join(f"{r:.2f}" for r in ours),
-      "  nginx TLS proxy/direct:", " ".join(f"{r:.2f}" for r in nginx))
-print(f"RATIO intercepted/direct TLS requests/s = {statistics.median(ours):.2f} (median)   (target >= 0.50)")
-print(f"      nginx TLS proxy/direct TLS = {statistics.median(nginx):.2f} (median, calibration)")
-if sys.argv[3]:
-    p, m = float(sys.argv[2]), float(sys.argv[3])
-    print(f"RATIO ferryman/mitmproxy requests/s = {p/m:.0f}x (median round's ferryman)   (target >= 30x)")
-PY
+report_rounds "$work/rounds" "requests/s" 0.50
+if [ -n "$mitm_rps" ]; then
+  python3 -c "print(f'RATIO ferryman/mitmproxy requests/s = {$proxied/$mitm_rps:.0f}x (median round\'s ferryman)   (target >= 30x)')"
+fi
 
 echo "== new-host handshakes: CONNECT + TLS with a server name not seen before"
 $bench --target "$target" --ca "$ferry_ca" --proxy "127.0.0.1:$ferry_port" handshakes --count 300 |
@@ -129,13 +136,4 @@ for round in $(seq "$ROUNDS"); do
   echo "round $round: direct TLS $direct MiB/s   ferryman intercepted $proxied MiB/s   nginx TLS proxy $nginx MiB/s"
   echo "$direct $proxied $nginx" >> "$work/bulk"
 done
-python3 - "$work/bulk" <<'PY'
-import statistics, sys
-rounds = [[float(x) for x in line.split()] for line in open(sys.argv[1])]
-ours = [p / d for d, p, _ in rounds]
-nginx = [n / d for d, _, n in rounds]
-print("rounds, intercepted/direct:", " ".join(f"{r:.2f}" for r in ours),
-      "  nginx TLS proxy/direct:", " ".join(f"{r:.2f}" for r in nginx))
-print(f"RATIO intercepted/direct TLS throughput = {statistics.median(ours):.2f} (median)   (target >= 0.6)")
-print(f"      nginx TLS proxy/direct TLS = {statistics.median(nginx):.2f} (median, calibration)")
-PY
+report_rounds "$work/bulk" "throughput" 0.6
