@@ -1,23 +1,17 @@
-//! The forward proxy inbound: HTTP/1 absolute-form requests, CONNECT tunnels
-//! and protocol upgrades, with the HTTP semantics of `ferryman-http`.
+//! ferryman's proxy pipeline, in the order traffic crosses it:
+//! [`inbound`] (listeners and their protocols) → policy (where it goes) →
+//! [`exchange`] (HTTP semantics, tunnels, interception, the witness) →
+//! outbound (how it leaves). [`context`] holds what the stages share and
+//! [`session`] the connection table they all report to. Data flows one way;
+//! no module imports from a stage before it.
 
-mod activity;
-mod auth;
-mod closable;
 pub mod config;
-mod counted;
-mod guard;
-mod handler;
-mod intercept;
-mod local;
-mod server;
+mod context;
+mod exchange;
+mod inbound;
 pub mod session;
-#[cfg(target_os = "linux")]
-mod splice;
-mod tunnel;
-mod workers;
 
 pub use config::ProxyConfig;
-pub use intercept::{InterceptConfig, InterceptMode, Interception};
-pub use server::{ForwardProxy, Observers, RunningProxy};
+pub use exchange::{InterceptConfig, InterceptMode, Interception};
+pub use inbound::listener::{ForwardProxy, Observers, RunningProxy};
 pub use session::{KeyedBytes, SessionSnapshot, Sessions, TrafficSnapshot};

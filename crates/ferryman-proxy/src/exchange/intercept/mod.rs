@@ -1,8 +1,9 @@
 //! Interception inside CONNECT tunnels: TLS is terminated with a leaf from
-//! ferryman's CA and plain HTTP is served as is, so every request inside
-//! becomes an exchange of its own. Anything else, a server that speaks
-//! first, a client that wants another protocol, a host the rules exclude or
-//! a client that refuses the certificate, gets a plain tunnel.
+//! ferryman's CA and plain HTTP is recognised as is, so every request
+//! inside can become an exchange of its own. Anything else, a server that
+//! speaks first, a client that wants another protocol, a host the rules
+//! exclude or a client that refuses the certificate, is opaque bytes.
+//! Detection returns what it found; serving it is the caller's business.
 
 mod rules;
 
@@ -22,12 +23,13 @@ use tracing::debug;
 use rules::Rules;
 pub use rules::{InterceptConfig, InterceptMode};
 
-use crate::activity::Activity;
-use crate::counted::Counted;
-use crate::handler::Shared;
-use crate::server::{serve_http, Inside, Protocol};
+use super::connection::Protocol;
+use super::counted::Counted;
+use super::tunnel::Prefixed;
+use super::witness::Witness;
+use super::{Contents, Inside, InsideIo};
+use crate::context::Worker;
 use crate::session::{Kind, Session};
-use crate::tunnel::{record, relay_bytes};
 
 /// Reads the ClientHello, keeping (and counting) every byte read in
 /// `bytes`; None when the client closes, sends something rustls cannot
@@ -108,14 +110,15 @@ impl Interception {
 /// upstream socket, and the CONNECT target.
 pub(crate) type Tunnel = (TcpStream, bytes::Bytes, TcpStream, Authority);
 
-/// Decides what the tunnel to `authority` carries, and serves it.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    interception: Arc<Interception>,
+/// Finds out what the tunnel to `authority` carries: HTTP to serve here
+/// (in TLS ferryman terminates, or plain), or bytes to relay untouched.
+pub(crate) async fn detect(
+    worker: &Worker,
+    interception: &Interception,
     (socket, early, upstream, authority): Tunnel,
-    log: Arc<Activity>,
-) {
-    let session = log.session().clone();
+    witness: &Witness,
+) -> Contents {
+    let session = witness.session().clone();
     // Whoever speaks first decides: a server banner (SMTP, SSH...) means a
     // plain tunnel, at once, without waiting on the client.
     let mut first = [0u8; 8];
@@ -135,20 +138,25 @@ pub(crate) async fn run(
     let first = &first[..seen];
     if first.first() == Some(&TLS_HANDSHAKE) {
         let tunnel = (socket, early, upstream, authority);
-        tls(shared, &interception, tunnel, log).await
+        tls(worker, interception, tunnel, witness).await
     } else if looks_like_http(first) {
         // Plain HTTP inside the tunnel: served here, sent to the target.
-        log.set_kind(Kind::InterceptedHttp);
+        witness.set_kind(Kind::InterceptedHttp);
         drop(upstream);
-        let io = crate::tunnel::Prefixed::new(early, Counted::new(socket, session.clone()));
-        let inside = Inside {
+        let io = Prefixed::new(early, Counted::new(socket, session));
+        Contents::Http(Inside {
+            io: InsideIo::Plain(io),
+            protocol: Protocol::Http1,
             target: Target::http(authority),
             tls: None,
             upstream_failed: None,
-        };
-        serve_http(io, Protocol::Http1, shared, session, Some(inside)).await;
+        })
     } else {
-        record(relay_bytes(socket, upstream, &early, &session).await, &log)
+        Contents::Bytes {
+            client: socket,
+            early,
+            upstream,
+        }
     }
 }
 
@@ -166,29 +174,29 @@ fn looks_like_http(first: &[u8]) -> bool {
 }
 
 async fn tls(
-    shared: Arc<Shared>,
+    worker: &Worker,
     interception: &Interception,
     (mut socket, early, upstream, authority): Tunnel,
-    log: Arc<Activity>,
-) {
-    let session = log.session().clone();
+    witness: &Witness,
+) -> Contents {
+    let session = witness.session().clone();
     // Read the ClientHello ourselves, keeping its bytes, so the tunnel can
     // still be passed through untouched once we know what the client wants.
     let mut hello_bytes = early.to_vec();
-    let wait = shared.common.config.client_idle_timeout;
+    let wait = worker.shared.config.client_idle_timeout;
     let read_hello = read_client_hello(&mut socket, &mut hello_bytes, &session);
     let accepted = match tokio::time::timeout(wait, read_hello).await {
         Ok(Some(accepted)) => accepted,
         // Not TLS we can parse, or too big: a plain tunnel, bytes untouched.
         Ok(None) => {
-            record(
-                relay_bytes(socket, upstream, &hello_bytes, &session).await,
-                &log,
-            );
-            return;
+            return Contents::Bytes {
+                client: socket,
+                early: hello_bytes.into(),
+                upstream,
+            };
         }
         // The client stalled mid-hello.
-        Err(_) => return,
+        Err(_) => return Contents::Ended,
     };
     let hello = accepted.client_hello();
     let sni = hello.server_name().map(str::to_string);
@@ -206,23 +214,23 @@ async fn tls(
     });
     let understood = spoken.as_ref().is_none_or(|list| !list.is_empty());
     if !understood || !interception.intercepts(&name) {
-        log.tls(&facts);
-        record(
-            relay_bytes(socket, upstream, &hello_bytes, &session).await,
-            &log,
-        );
-        return;
+        witness.tls(&facts);
+        return Contents::Bytes {
+            client: socket,
+            early: hello_bytes.into(),
+            upstream,
+        };
     }
     let leaf = match interception.ca.leaf(&name) {
         Ok(leaf) => leaf,
         Err(e) => {
             debug!(error = %e, "no certificate to intercept with; passing through");
-            log.tls(&facts);
-            record(
-                relay_bytes(socket, upstream, &hello_bytes, &session).await,
-                &log,
-            );
-            return;
+            witness.tls(&facts);
+            return Contents::Bytes {
+                client: socket,
+                early: hello_bytes.into(),
+                upstream,
+            };
         }
     };
     // Upstream is asked for, and checked against, the name the client asked
@@ -238,16 +246,16 @@ async fn tls(
         ..Target::https(authority)
     };
     let picks_suite = ferryman_tls::server_picks_suite(hello.cipher_suites());
-    let (alpn, upstream_failed) = mirror_alpn(&shared, &target, upstream, spoken).await;
+    let (alpn, upstream_failed) = mirror_alpn(worker, &target, upstream, spoken).await;
     let config = match server_config(leaf, alpn, picks_suite) {
         Ok(config) => config,
         Err(e) => {
             debug!(error = %e, "cannot build the interception TLS config");
-            return;
+            return Contents::Ended;
         }
     };
     // An interception from here on, whether or not the client accepts it.
-    log.set_kind(Kind::InterceptedTls);
+    witness.set_kind(Kind::InterceptedTls);
     facts.intercepted = true;
     let socket = Counted::new(socket, session.clone());
     match StartHandshake::from_parts(accepted, socket)
@@ -261,24 +269,26 @@ async fn tls(
                 _ => Protocol::Http1,
             };
             facts.alpn = alpn.map(|p| String::from_utf8_lossy(p).into_owned());
-            log.tls(&facts);
-            let inside = Inside {
+            witness.tls(&facts);
+            Contents::Http(Inside {
+                io: InsideIo::Tls(Box::new(stream)),
+                protocol,
                 target,
                 tls: Some(facts),
                 upstream_failed,
-            };
-            serve_http(stream, protocol, shared, session, Some(inside)).await;
+            })
         }
         Err(e) => {
             if rejected_our_certificate(&e) {
                 interception.rules().rejected_by_client(&name);
             }
-            log.tls(&facts);
+            witness.tls(&facts);
             metrics::counter!("ferryman_tls_handshake_failures_total", "side" => "client")
                 .increment(1);
-            log.fail(format!("client TLS handshake failed: {e}"));
-            log.abort();
+            witness.fail(format!("client TLS handshake failed: {e}"));
+            witness.abort();
             debug!(error = %e, host = %name, "client TLS handshake failed");
+            Contents::Ended
         }
     }
 }
@@ -289,7 +299,7 @@ async fn tls(
 /// connection is not needed: requests go through the pool. Also says why
 /// that upstream connection failed, for the tunnel's first request.
 async fn mirror_alpn(
-    shared: &Shared,
+    worker: &Worker,
     target: &Target,
     upstream: TcpStream,
     spoken: Option<Vec<&'static [u8]>>,
@@ -299,7 +309,7 @@ async fn mirror_alpn(
     if !target.offer_http2 {
         return (offer(&spoken), None);
     }
-    match shared.upstream.adopt(target, upstream).await {
+    match worker.upstream.adopt(target, upstream).await {
         Ok(true) => (offer(&[H2]), None),
         Ok(false) if spoken.contains(&HTTP1) => (offer(&[HTTP1]), None),
         // A client that speaks HTTP/2 alone is translated for an HTTP/1.1 upstream.

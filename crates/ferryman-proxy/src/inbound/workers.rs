@@ -8,22 +8,22 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
-use crate::handler::Shared;
+use crate::context::Worker;
 
-/// A worker thread: its runtime, its upstream pool (in `shared`), and how
-/// many client connections it serves.
-pub(crate) struct Worker {
+/// A worker thread: its runtime, its view of the pipeline (with its own
+/// upstream pool), and how many client connections it serves.
+pub(crate) struct WorkerThread {
     pub(crate) runtime: Handle,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) worker: Arc<Worker>,
     connections: AtomicUsize,
     gauge: metrics::Gauge,
 }
 
-impl Worker {
-    pub(crate) fn new(n: usize, runtime: Handle, shared: Arc<Shared>) -> Arc<Self> {
+impl WorkerThread {
+    pub(crate) fn new(n: usize, runtime: Handle, worker: Arc<Worker>) -> Arc<Self> {
         Arc::new(Self {
             runtime,
-            shared,
+            worker,
             connections: AtomicUsize::new(0),
             gauge: metrics::gauge!("ferryman_worker_connections", "worker" => n.to_string()),
         })
@@ -35,12 +35,12 @@ impl Worker {
 }
 
 /// A client connection, counted against its worker while it lives.
-pub(crate) struct Assigned(Arc<Worker>);
+pub(crate) struct Assigned(Arc<WorkerThread>);
 
 impl Assigned {
     /// Counts a new connection against the least busy of `workers`; `me`
     /// (the one that accepted it) wins a tie, so a lone worker never hands off.
-    pub(crate) fn least_loaded(workers: &[Arc<Worker>], me: usize) -> Self {
+    pub(crate) fn least_loaded(workers: &[Arc<WorkerThread>], me: usize) -> Self {
         let mut chosen = &workers[me];
         for worker in workers {
             if worker.load() < chosen.load() {
@@ -52,7 +52,7 @@ impl Assigned {
         Self(chosen.clone())
     }
 
-    pub(crate) fn worker(&self) -> &Arc<Worker> {
+    pub(crate) fn worker(&self) -> &Arc<WorkerThread> {
         &self.0
     }
 }

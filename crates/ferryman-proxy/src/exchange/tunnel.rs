@@ -15,12 +15,11 @@ use tracing::debug;
 
 use http::uri::Authority;
 
-use crate::activity::Activity;
-use crate::counted::{Counted, UpgradeMeter};
-use crate::guard::FramingGuard;
-use crate::handler::{Common, Shared};
-use crate::intercept;
-use crate::local;
+use super::counted::{Counted, UpgradeMeter};
+use super::guard::FramingGuard;
+use super::witness::Witness;
+use super::{carry, intercept, local, Contents};
+use crate::context::{Shared, Worker};
 use crate::session::{Kind, SessionGuard};
 
 /// Per-direction copy buffer: large enough for bulk transfers to run at
@@ -33,9 +32,9 @@ pub(crate) type ClientIo = TokioIo<FramingGuard<Counted<TcpStream>>>;
 
 /// Answers CONNECT only once the upstream TCP connection is up, then splices.
 pub(crate) async fn connect(
-    shared: &Arc<Shared>,
+    worker: &Arc<Worker>,
     req: Request<Incoming>,
-    log: &Arc<Activity>,
+    witness: &Arc<Witness>,
 ) -> Response<ProxyBody> {
     let Some((authority, host, port)) = req
         .uri()
@@ -47,21 +46,21 @@ pub(crate) async fn connect(
             "CONNECT needs a host:port target",
         ));
     };
-    let upstream = match shared.upstream.connect(&host, port).await {
+    let upstream = match worker.upstream.connect(&host, port).await {
         Ok(stream) => stream,
         Err(e) => {
             debug!(error = %e, %host, port, "CONNECT failed");
-            log.fail(&e);
+            witness.fail(&e);
             return refuse(local::text(e.status(), e));
         }
     };
     let on_client = hyper::upgrade::on(req);
-    let log = log.clone();
-    log.set_kind(Kind::Tunnel);
-    let tunnel_shared = shared.clone();
-    spawn_until_stopped(&shared.common, log.clone(), async move {
+    let witness = witness.clone();
+    witness.set_kind(Kind::Tunnel);
+    let tunnel_worker = worker.clone();
+    spawn_until_stopped(&worker.shared, witness.clone(), async move {
         match on_client.await {
-            Ok(upgraded) => tunnel(tunnel_shared, upgraded, upstream, authority, log).await,
+            Ok(upgraded) => tunnel(tunnel_worker, upgraded, upstream, authority, witness).await,
             Err(e) => debug!(error = %e, "client left before the tunnel opened"),
         }
     });
@@ -85,25 +84,25 @@ fn refuse(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
 
 /// After a 101 has gone out, joins the client and the upstream connection.
 pub(crate) fn splice_upgrade(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     on_client: OnUpgrade,
     on_upstream: OnUpgrade,
-    log: Arc<Activity>,
+    witness: Arc<Witness>,
 ) {
-    log.set_kind(Kind::Websocket);
-    spawn_until_stopped(&shared.common, log.clone(), async move {
+    witness.set_kind(Kind::Websocket);
+    spawn_until_stopped(shared, witness.clone(), async move {
         match tokio::try_join!(on_client, on_upstream) {
             Ok((client, upstream)) => {
                 let meter = UpgradeMeter {
-                    session: log.session().clone(),
-                    taps: log.stream_taps(),
+                    session: witness.session().clone(),
+                    taps: witness.stream_taps(),
                 };
                 let mut client = Counted::new(TokioIo::new(client), meter);
                 let copied = pump(&mut client, &mut TokioIo::new(upstream)).await;
                 if let Some(taps) = &client.meter().taps {
                     taps.iter().for_each(|tap| tap.end(copied.is_ok()));
                 }
-                record(copied.map(|_| ()), &log);
+                record(copied.map(|_| ()), &witness);
             }
             Err(e) => debug!(error = %e, "upgrade did not complete"),
         }
@@ -113,17 +112,17 @@ pub(crate) fn splice_upgrade(
 /// Runs a tunnel as a tracked task that ends, marked aborted, when the
 /// shutdown grace period is over or its session is closed.
 fn spawn_until_stopped(
-    common: &Common,
-    log: Arc<Activity>,
+    shared: &Shared,
+    witness: Arc<Witness>,
     tunnel: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let stop = common.hard_stop.clone();
-    common.tasks.spawn(async move {
-        let closed = log.session().cancelled().clone();
+    let stop = shared.hard_stop.clone();
+    shared.tasks.spawn(async move {
+        let closed = witness.session().cancelled().clone();
         tokio::select! {
             () = tunnel => {}
-            () = stop.cancelled() => log.abort(),
-            () = closed.cancelled() => log.abort(),
+            () = stop.cancelled() => witness.abort(),
+            () = closed.cancelled() => witness.abort(),
         }
     });
 }
@@ -132,13 +131,13 @@ fn spawn_until_stopped(
 /// the client connection is a plain socket, bytes move socket to socket
 /// inside the kernel (Linux), else through a copy loop.
 async fn tunnel(
-    shared: Arc<Shared>,
+    worker: Arc<Worker>,
     upgraded: Upgraded,
     mut upstream: TcpStream,
     authority: Authority,
-    log: Arc<Activity>,
+    witness: Arc<Witness>,
 ) {
-    let session = log.session().clone();
+    let session = witness.session().clone();
     match upgraded.downcast::<ClientIo>() {
         Ok(parts) => {
             let socket = parts.io.into_inner().into_inner().into_inner();
@@ -146,13 +145,18 @@ async fn tunnel(
             // the tunnel; the connection counted them when they were read.
             let early = parts.read_buf;
             session.adopt_bytes(early.len() as u64, 0);
-            match shared.common.interception.clone() {
+            let contents = match &worker.shared.interception {
                 Some(interception) if interception.intercepts(authority.host()) => {
                     let tunnel = (socket, early, upstream, authority);
-                    intercept::run(shared, interception, tunnel, log).await
+                    intercept::detect(&worker, interception, tunnel, &witness).await
                 }
-                _ => record(relay_bytes(socket, upstream, &early, &session).await, &log),
-            }
+                _ => Contents::Bytes {
+                    client: socket,
+                    early,
+                    upstream,
+                },
+            };
+            carry(worker, contents, &witness).await
         }
         Err(upgraded) => {
             // Not a plain socket (a tunnel inside a tunnel): its bytes are
@@ -162,7 +166,7 @@ async fn tunnel(
                 taps: None,
             };
             let mut client = Counted::new(TokioIo::new(upgraded), meter);
-            record(pump(&mut client, &mut upstream).await.map(|_| ()), &log)
+            record(pump(&mut client, &mut upstream).await.map(|_| ()), &witness)
         }
     }
 }
@@ -185,7 +189,7 @@ async fn relay_sockets(
     upstream: TcpStream,
     session: &Arc<SessionGuard>,
 ) -> std::io::Result<()> {
-    crate::splice::relay(&client, &upstream, session).await
+    super::splice::relay(&client, &upstream, session).await
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -199,9 +203,9 @@ async fn relay_sockets(
 }
 
 /// How a plain tunnel ended.
-pub(crate) fn record(result: std::io::Result<()>, log: &Activity) {
+pub(crate) fn record(result: std::io::Result<()>, witness: &Witness) {
     if let Err(e) = result {
-        log.abort();
+        witness.abort();
         debug!(error = %e, "tunnel ended");
     }
 }

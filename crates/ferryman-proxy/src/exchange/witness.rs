@@ -1,6 +1,6 @@
-//! What one exchange or tunnel did: its session in the table, its capture
-//! record, and its access-log line, written when the last body (or the
-//! tunnel) is done with it.
+//! The witness of one exchange or tunnel: its session in the table, its
+//! capture record, its access-log line and its request counter, written when
+//! the last body (or the tunnel) is done with it.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -11,10 +11,10 @@ use ferryman_http::body::{BodyObserver, Direction, Gate};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method, Response};
 
-use crate::handler::Common;
+use crate::context::Shared;
 use crate::session::{Kind, SessionGuard};
 
-pub(crate) struct Activity {
+pub(crate) struct Witness {
     session: Arc<SessionGuard>,
     requests: Arc<RequestCounters>,
     method: Method,
@@ -28,17 +28,17 @@ pub(crate) struct Activity {
     gate: OnceLock<Gate>,
 }
 
-impl Activity {
+impl Witness {
     /// An exchange inside `parent` (a client connection or a tunnel);
     /// `target` is the full URL, or `host:port` for a CONNECT.
     pub(crate) fn new(
-        common: &Common,
+        shared: &Shared,
         parent: &Arc<SessionGuard>,
         method: Method,
         (target, host): (String, Option<&str>),
     ) -> Self {
-        let session = common.sessions.child(parent, Kind::Exchange, target, host);
-        let recorder = common.capture.as_ref().map(|capture| {
+        let session = shared.sessions.child(parent, Kind::Exchange, target, host);
+        let recorder = shared.capture.as_ref().map(|capture| {
             capture.begin(
                 session.id(),
                 session.parent_id(),
@@ -47,7 +47,7 @@ impl Activity {
         });
         Self {
             session,
-            requests: common.requests.clone(),
+            requests: shared.requests.clone(),
             method,
             status: AtomicU16::new(0),
             aborted: AtomicBool::new(false),
@@ -133,7 +133,7 @@ fn part(direction: Direction) -> Part {
     }
 }
 
-impl BodyObserver for Activity {
+impl BodyObserver for Witness {
     fn on_data(&self, direction: Direction, bytes: &Bytes) {
         let n = bytes.len() as u64;
         match direction {
@@ -164,7 +164,7 @@ impl BodyObserver for Activity {
     }
 }
 
-impl Drop for Activity {
+impl Drop for Witness {
     fn drop(&mut self) {
         if let Some(gate) = self.gate.get() {
             gate.finish();

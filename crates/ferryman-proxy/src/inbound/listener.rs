@@ -1,17 +1,14 @@
-//! The listener: accepts connections, serves HTTP/1 on them, and shuts down
+//! The forward proxy's listener: binds, accepts on every worker thread,
+//! hands each client connection to the least busy worker, and shuts down
 //! gracefully.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferryman_capture::{Capture, TlsFacts};
+use ferryman_capture::Capture;
 use ferryman_http::headers::Via;
-use ferryman_http::{Target, UpstreamClient, UpstreamConfig, UpstreamError};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use ferryman_http::{UpstreamClient, UpstreamConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,14 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::activity::RequestCounters;
-use crate::auth::ProxyAuth;
-use crate::counted::Counted;
-use crate::guard::FramingGuard;
-use crate::handler::{Common, Handler, Shared};
-use crate::session::{SessionGuard, Sessions};
-use crate::workers::{Assigned, Worker};
-use crate::Interception;
+use super::auth::ProxyAuth;
+use super::http_proxy::ProxyRoute;
+use super::workers::{Assigned, WorkerThread};
+use crate::context::{Shared, Worker};
+use crate::exchange::connection::{self, Protocol};
+use crate::exchange::counted::Counted;
+use crate::exchange::witness::RequestCounters;
+use crate::exchange::Interception;
+use crate::session::Sessions;
 use crate::ProxyConfig;
 
 /// Where a proxy reports what it carries.
@@ -42,7 +40,7 @@ pub struct Observers {
 /// A bound forward-proxy listener, not yet serving.
 pub struct ForwardProxy {
     listener: std::net::TcpListener,
-    common: Arc<Common>,
+    shared: Arc<Shared>,
     config: Arc<ProxyConfig>,
     upstream: UpstreamConfig,
     upstream_tls: Arc<rustls::ClientConfig>,
@@ -72,7 +70,7 @@ impl ForwardProxy {
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let listen = listener.local_addr()?;
-        let common = Arc::new(Common {
+        let shared = Arc::new(Shared {
             auth: ProxyAuth::new(&config.auth),
             via: via(),
             x_forwarded_for: config.x_forwarded_for,
@@ -89,7 +87,7 @@ impl ForwardProxy {
         });
         Ok(Self {
             listener,
-            common,
+            shared,
             config: Arc::new(config),
             upstream,
             upstream_tls,
@@ -97,39 +95,39 @@ impl ForwardProxy {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.common.listen
+        self.shared.listen
     }
 
     /// Interception, to change its rules while running.
     pub fn interception(&self) -> Option<Arc<Interception>> {
-        self.common.interception.clone()
+        self.shared.interception.clone()
     }
 
     pub fn sessions(&self) -> &Sessions {
-        &self.common.sessions
+        &self.shared.sessions
     }
 
     /// Serves on the current runtime until `shutdown` is cancelled, then
     /// stops accepting, lets in-flight exchanges and tunnels finish for up to
     /// `grace`, and returns.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> std::io::Result<()> {
-        info!(listen = %self.common.listen, workers = 1, "forward proxy listening");
+        info!(listen = %self.shared.listen, workers = 1, "forward proxy listening");
         let workers = [self.worker(0, Handle::current())];
         self.serve_here(0, workers.into(), shutdown, grace).await
     }
 
     /// Worker `n`, running on `runtime`; call it inside that runtime, where
     /// the upstream pool starts its reaper.
-    fn worker(&self, n: usize, runtime: Handle) -> Arc<Worker> {
-        let shared = Arc::new(Shared {
+    fn worker(&self, n: usize, runtime: Handle) -> Arc<WorkerThread> {
+        let worker = Arc::new(Worker {
             upstream: UpstreamClient::new(
                 self.upstream.clone(),
-                vec![self.common.listen],
+                vec![self.shared.listen],
                 self.upstream_tls.clone(),
             ),
-            common: self.common.clone(),
+            shared: self.shared.clone(),
         });
-        Worker::new(n, runtime, shared)
+        WorkerThread::new(n, runtime, worker)
     }
 
     /// Serves with `workers` threads, each running its own single-threaded
@@ -141,7 +139,7 @@ impl ForwardProxy {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> std::io::Result<()> {
-        info!(listen = %self.common.listen, workers, "forward proxy listening");
+        info!(listen = %self.shared.listen, workers, "forward proxy listening");
         let runtimes = (0..workers.max(1))
             .map(|_| {
                 tokio::runtime::Builder::new_current_thread()
@@ -149,7 +147,7 @@ impl ForwardProxy {
                     .build()
             })
             .collect::<std::io::Result<Vec<_>>>()?;
-        let pool: Arc<[Arc<Worker>]> = runtimes
+        let pool: Arc<[Arc<WorkerThread>]> = runtimes
             .iter()
             .enumerate()
             .map(|(n, runtime)| {
@@ -161,7 +159,7 @@ impl ForwardProxy {
         for (n, runtime) in runtimes.into_iter().enumerate() {
             let worker = ForwardProxy {
                 listener: self.listener.try_clone()?,
-                common: self.common.clone(),
+                shared: self.shared.clone(),
                 config: self.config.clone(),
                 upstream: self.upstream.clone(),
                 upstream_tls: self.upstream_tls.clone(),
@@ -206,17 +204,17 @@ impl ForwardProxy {
     async fn serve_here(
         self,
         me: usize,
-        workers: Arc<[Arc<Worker>]>,
+        workers: Arc<[Arc<WorkerThread>]>,
         shutdown: CancellationToken,
         grace: Duration,
     ) -> std::io::Result<()> {
         let listener = TcpListener::from_std(self.listener)?;
-        let tasks = &self.common.tasks;
+        let tasks = &self.shared.tasks;
         let mut saturated = false;
         loop {
             // At the connection limit, stop accepting: new clients wait in
             // the kernel's queue instead of exhausting file descriptors.
-            let permit = match self.common.connections.clone().try_acquire_owned() {
+            let permit = match self.shared.connections.clone().try_acquire_owned() {
                 Ok(permit) => {
                     saturated = false;
                     permit
@@ -229,7 +227,7 @@ impl ForwardProxy {
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        permit = self.common.connections.clone().acquire_owned() => match permit {
+                        permit = self.shared.connections.clone().acquire_owned() => match permit {
                             Ok(permit) => permit,
                             Err(_) => break,
                         },
@@ -274,19 +272,19 @@ impl ForwardProxy {
             }
         }
         drop(listener);
-        self.common.stopping.cancel();
+        self.shared.stopping.cancel();
         // Every worker thread gets here; the one that closes the tracker says so.
         if tasks.close() {
             info!(in_flight = tasks.len(), "shutting down");
         }
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            if !self.common.hard_stop.is_cancelled() {
+            if !self.shared.hard_stop.is_cancelled() {
                 warn!(
                     left = tasks.len(),
                     "grace period over, closing what is left"
                 );
             }
-            self.common.hard_stop.cancel();
+            self.shared.hard_stop.cancel();
             tasks.wait().await;
         }
         Ok(())
@@ -334,135 +332,19 @@ async fn serve_assigned(
             }
         },
     };
-    serve(stream, peer, assigned.worker().shared.clone()).await;
+    serve(stream, peer, assigned.worker().worker.clone()).await;
     drop((permit, assigned));
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve(stream: TcpStream, peer: SocketAddr, worker: Arc<Worker>) {
     let _ = stream.set_nodelay(true);
-    let connection = shared.common.sessions.connection(peer);
+    let connection = worker.shared.sessions.connection(peer);
     let stream = Counted::new(stream, connection.clone());
-    serve_http(stream, Protocol::Http1, shared, connection, None).await;
-}
-
-/// The inside of an intercepted tunnel: where every request goes, what the
-/// TLS handshake said, and how the upstream connection opened for it failed.
-pub(crate) struct Inside {
-    pub(crate) target: Target,
-    pub(crate) tls: Option<TlsFacts>,
-    pub(crate) upstream_failed: Option<UpstreamError>,
-}
-
-/// The HTTP version a connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Protocol {
-    Http1,
-    /// Only inside intercepted TLS, after ALPN chose it.
-    Http2,
-}
-
-/// Serves `io` until the client is done: a client connection to the proxy
-/// (`inside` None), or the inside of an intercepted tunnel, whose every
-/// request goes to its target. On shutdown, idle connections close
-/// and in-flight exchanges finish; closing `parent` closes the connection.
-pub(crate) async fn serve_http<IO>(
-    io: IO,
-    protocol: Protocol,
-    shared: Arc<Shared>,
-    parent: Arc<SessionGuard>,
-    inside: Option<Inside>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let config = shared.common.config.clone();
-    let stops = Stops {
-        stopping: shared.common.stopping.clone(),
-        hard_stop: shared.common.hard_stop.clone(),
-        closed: parent.cancelled().clone(),
+    let route = ProxyRoute {
+        worker: worker.clone(),
+        connection: connection.clone(),
     };
-    let client = parent.client();
-    let (intercepted, tls, upstream_failed) = match inside {
-        Some(inside) => (Some(inside.target), inside.tls, inside.upstream_failed),
-        None => (None, None, None),
-    };
-    let handler = Handler {
-        shared,
-        parent,
-        intercepted,
-        tls: tls.map(Arc::new),
-        upstream_failed: Arc::new(std::sync::Mutex::new(upstream_failed)),
-    };
-    let service = service_fn(move |req| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler.handle(req).await) }
-    });
-    let result = match protocol {
-        Protocol::Http1 => {
-            let io = TokioIo::new(FramingGuard::new(
-                io,
-                config.max_header_bytes,
-                config.max_headers,
-            ));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(config.client_idle_timeout)
-                .max_headers(config.max_headers)
-                .max_header_size(config.max_header_bytes)
-                .serve_connection(io, service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            stops.drain(conn, |c| c.graceful_shutdown()).await
-        }
-        Protocol::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-                .serve_connection(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            stops.drain(conn, |c| c.graceful_shutdown()).await
-        }
-    };
-    if let Err(e) = result {
-        if e.is_parse() || e.is_parse_too_large() {
-            info!(target: "ferryman::access", kind = "rejected", %client, error = %e);
-        } else {
-            // The client went away, timed out or reset: expected, not an error.
-            debug!(%client, error = %e, "client connection ended");
-        }
-    }
-}
-
-/// What ends a connection: shutdown starting, the grace period ending, or
-/// its session being closed.
-struct Stops {
-    stopping: CancellationToken,
-    hard_stop: CancellationToken,
-    closed: CancellationToken,
-}
-
-impl Stops {
-    /// Runs a connection to its end; once shutdown starts it is asked to
-    /// finish gracefully, and it is dropped when the grace period is over,
-    /// or at once when its session is closed.
-    async fn drain<C>(
-        &self,
-        mut conn: std::pin::Pin<&mut C>,
-        graceful: impl FnOnce(std::pin::Pin<&mut C>),
-    ) -> hyper::Result<()>
-    where
-        C: std::future::Future<Output = hyper::Result<()>>,
-    {
-        tokio::select! {
-            result = conn.as_mut() => return result,
-            _ = self.stopping.cancelled() => graceful(conn.as_mut()),
-            _ = self.closed.cancelled() => return Ok(()),
-        }
-        tokio::select! {
-            result = conn => result,
-            _ = self.hard_stop.cancelled() => Ok(()),
-            _ = self.closed.cancelled() => Ok(()),
-        }
-    }
+    connection::serve(stream, Protocol::Http1, worker, connection, None, route).await;
 }
 
 /// A `Via` entry unique to this process, so a request that comes back
