@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ferryman_capture::Capture;
 use ferryman_http::headers::Via;
+use ferryman_http::upstream::Connector;
 use ferryman_http::UpstreamClient;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
 use crate::inbound::auth::ProxyAuth;
+use crate::outbound::dial::OwnAddrs;
 use crate::session::Sessions;
 use crate::ProxyConfig;
 
@@ -39,6 +41,10 @@ pub(crate) struct Shared {
     pub(crate) sessions: Sessions,
     pub(crate) capture: Option<Capture>,
     pub(crate) requests: Arc<RequestCounters>,
+    /// Every listening address of this process: connecting to one is a loop.
+    pub(crate) own: OwnAddrs,
+    /// The way out when nothing else is said.
+    pub(crate) direct: Connector,
 }
 
 /// One worker thread's view: the shared part plus the thread's own

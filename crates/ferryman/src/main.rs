@@ -168,6 +168,7 @@ fn run(config: Config, table: toml::Table, logs: ferryman_admin::LogFeed) -> Res
             proxy_listen: proxy.local_addr(),
         };
         let admin = ferryman_admin::Admin::bind(&config.admin, &config.data_dir, parts)?;
+        proxy.also_own(admin.local_addr());
         Some(admin.spawn(shutdown.clone())?)
     } else {
         None

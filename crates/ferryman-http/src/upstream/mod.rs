@@ -1,12 +1,13 @@
-//! The upstream client: pooled HTTP/1 and HTTP/2 connections, timeouts, and
-//! the one retry that is always safe.
+//! The upstream client: pooled HTTP/1 and HTTP/2 connections over any
+//! [`Connect`]or, timeouts, and the one retry that is always safe. How a
+//! connection is made (directly, through a proxy or an agent) is the
+//! connector's business, never this module's.
 
-mod connect;
+mod connector;
 mod error;
 mod pool;
 mod sent;
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -20,12 +21,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+pub use connector::{Conn, Connect, Connecting, Connector, ForwardingProxy, Io};
 pub use error::UpstreamError;
 use pool::{Checkout, Pool, PoolKey, Sender, Slot};
 pub use sent::SentBody;
@@ -39,7 +40,6 @@ use crate::UpstreamConfig;
 pub struct UpstreamClient {
     pool: Pool,
     config: Arc<UpstreamConfig>,
-    own_addrs: Arc<[SocketAddr]>,
     /// Offers HTTP/1.1 alone.
     tls: TlsConnector,
     /// Offers HTTP/2, then HTTP/1.1.
@@ -50,8 +50,9 @@ pub struct UpstreamClient {
     ttfb: metrics::Histogram,
 }
 
-/// Where a request goes: a host and port, over TLS or not.
-#[derive(Debug, Clone)]
+/// Where a request goes: a host and port, over TLS or not, and the way
+/// out that reaches it.
+#[derive(Clone)]
 pub struct Target {
     pub authority: Authority,
     pub https: bool,
@@ -60,25 +61,45 @@ pub struct Target {
     pub server_name: Option<Arc<str>>,
     /// The client speaks HTTP/2 too, so new TLS connections may offer it.
     pub offer_http2: bool,
+    pub connector: Connector,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("authority", &self.authority)
+            .field("https", &self.https)
+            .field("server_name", &self.server_name)
+            .field("offer_http2", &self.offer_http2)
+            .field("connector", &self.connector.name())
+            .finish()
+    }
 }
 
 impl Target {
-    pub fn http(authority: Authority) -> Self {
+    pub fn http(authority: Authority, connector: Connector) -> Self {
         Self {
             authority,
             https: false,
             server_name: None,
             offer_http2: false,
+            connector,
         }
     }
 
-    pub fn https(authority: Authority) -> Self {
+    pub fn https(authority: Authority, connector: Connector) -> Self {
         Self {
-            authority,
             https: true,
-            server_name: None,
-            offer_http2: false,
+            ..Self::http(authority, connector)
         }
+    }
+
+    /// An HTTP proxy forwarding this request in absolute form, if that is
+    /// how it travels: plain HTTP through a connector that offers it.
+    fn forwarding_proxy(&self) -> Option<&dyn ForwardingProxy> {
+        (!self.https)
+            .then(|| self.connector.forwards_plain_http())
+            .flatten()
     }
 
     /// The port, or the scheme's default.
@@ -114,13 +135,8 @@ enum Failure {
 }
 
 impl UpstreamClient {
-    /// `own_addrs` are this process's listeners: connecting to one is a
-    /// loop. `tls` says how to check servers reached over https.
-    pub fn new(
-        config: UpstreamConfig,
-        own_addrs: Vec<SocketAddr>,
-        tls: Arc<rustls::ClientConfig>,
-    ) -> Self {
+    /// `tls` says how to check servers reached over https.
+    pub fn new(config: UpstreamConfig, tls: Arc<rustls::ClientConfig>) -> Self {
         let mut h2 = (*tls).clone();
         h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Self {
@@ -130,7 +146,6 @@ impl UpstreamClient {
                 config.idle_timeout,
             ),
             config: Arc::new(config),
-            own_addrs: own_addrs.into(),
             tls: TlsConnector::from(tls),
             tls_h2: TlsConnector::from(Arc::new(h2)),
             pool_hits: metrics::counter!("ferryman_upstream_pool_total", "result" => "hit"),
@@ -142,17 +157,22 @@ impl UpstreamClient {
         &self.config
     }
 
-    /// A raw TCP connection, for tunnels.
-    pub async fn connect(&self, host: &str, port: u16) -> Result<TcpStream, UpstreamError> {
+    /// A connection to `host:port` through `connector`, for tunnels.
+    pub async fn connect(
+        &self,
+        connector: &Connector,
+        host: &str,
+        port: u16,
+    ) -> Result<Conn, UpstreamError> {
         let deadline = Instant::now() + self.config.connect_timeout;
-        connect::connect_tcp(host, port, deadline, &self.own_addrs).await
+        connector.connect(host, port, deadline).await
     }
 
     /// Takes over `stream`, a connection to `target` opened for a CONNECT:
     /// does the TLS handshake, offering HTTP/2 if the target says so, and
     /// pools the connection; unless an HTTP/2 connection to `target` is
     /// already shared. Tells whether the server chose HTTP/2.
-    pub async fn adopt(&self, target: &Target, stream: TcpStream) -> Result<bool, UpstreamError> {
+    pub async fn adopt(&self, target: &Target, stream: Conn) -> Result<bool, UpstreamError> {
         let key = PoolKey::new(target);
         // The server already chose HTTP/2 on the connection every exchange
         // to it shares: that answer stands, and `stream` is not needed.
@@ -285,8 +305,13 @@ impl UpstreamClient {
     ) -> Result<Lease, UpstreamError> {
         metrics::counter!("ferryman_upstream_pool_total", "result" => "miss").increment(1);
         let started = Instant::now();
-        let (host, port) = (target.authority.host(), target.port());
-        let stream = connect::connect_tcp(host, port, deadline, &self.own_addrs).await?;
+        let stream = match target.forwarding_proxy() {
+            Some(proxy) => proxy.connect_to_proxy(deadline).await?,
+            None => {
+                let (host, port) = (target.authority.host(), target.port());
+                target.connector.connect(host, port, deadline).await?
+            }
+        };
         let sender = if target.https {
             self.start_tls(key, target, need, stream, slot, deadline)
                 .await?
@@ -308,7 +333,7 @@ impl UpstreamClient {
         key: &PoolKey,
         target: &Target,
         need: Use,
-        stream: TcpStream,
+        stream: Conn,
         slot: Slot,
         deadline: Instant,
     ) -> Result<Sender, UpstreamError> {
@@ -335,9 +360,9 @@ impl UpstreamClient {
         &self,
         connector: &TlsConnector,
         host: &str,
-        stream: TcpStream,
+        stream: Conn,
         deadline: Instant,
-    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
+    ) -> Result<TlsStream<Conn>, UpstreamError> {
         let name = host.trim_start_matches('[').trim_end_matches(']');
         let failed = |reason: String| UpstreamError::Tls {
             host: name.to_string(),
@@ -416,6 +441,8 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, Failure> {
         if sender.is_http2() {
             to_http2(&mut req, target);
+        } else if let Some(proxy) = target.forwarding_proxy() {
+            to_absolute(&mut req, target, proxy);
         } else {
             to_http1(&mut req);
         }
@@ -465,6 +492,25 @@ fn to_http1<B>(req: &mut Request<B>) {
         }
         let path = req.uri().path_and_query().cloned();
         *req.uri_mut() = Uri::from(path.unwrap_or_else(|| PathAndQuery::from_static("/")));
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// Absolute form, for an HTTP proxy that forwards the request itself; the
+/// Host field stays as the client set it.
+fn to_absolute<B>(req: &mut Request<B>, target: &Target, proxy: &dyn ForwardingProxy) {
+    if req.uri().authority().is_none() {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(target.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+    }
+    if let Some(authorization) = proxy.authorization() {
+        req.headers_mut()
+            .insert(http::header::PROXY_AUTHORIZATION, authorization.clone());
     }
     *req.version_mut() = Version::HTTP_11;
 }

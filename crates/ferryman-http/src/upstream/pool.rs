@@ -47,14 +47,16 @@ impl Sender {
     }
 }
 
-/// The destination a pooled connection is good for. `Authority` compares
-/// case-insensitively and clones without allocating.
+/// The destination a pooled connection is good for, and the way out that
+/// reached it. `Authority` compares case-insensitively and clones without
+/// allocating.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PoolKey {
     authority: Authority,
     port: u16,
     https: bool,
     server_name: Option<Arc<str>>,
+    outbound: u64,
 }
 
 impl Hash for PoolKey {
@@ -73,16 +75,29 @@ impl Hash for PoolKey {
         if let Some(name) = &self.server_name {
             state.write(name.as_bytes());
         }
+        state.write_u64(self.outbound);
     }
 }
 
 impl PoolKey {
     pub(crate) fn new(target: &Target) -> Self {
+        let outbound = target.connector.pool_key();
+        if target.forwarding_proxy().is_some() {
+            // Connections to a forwarding proxy serve every host.
+            return Self {
+                authority: Authority::from_static("forwarding-proxy"),
+                port: 0,
+                https: false,
+                server_name: None,
+                outbound,
+            };
+        }
         Self {
             authority: target.authority.clone(),
             port: target.port(),
             https: target.https,
             server_name: target.server_name.clone(),
+            outbound,
         }
     }
 }
@@ -326,11 +341,34 @@ async fn reap(shared: Weak<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::{Connect, Connecting, Connector};
+
+    /// A way out the test never takes.
+    struct Nowhere;
+
+    impl Connect for Nowhere {
+        fn name(&self) -> &str {
+            "nowhere"
+        }
+
+        fn pool_key(&self) -> u64 {
+            7
+        }
+
+        fn connect<'a>(&'a self, _: &'a str, _: u16, _: Instant) -> Connecting<'a> {
+            Box::pin(async { Err(crate::UpstreamError::Closed) })
+        }
+    }
+
+    fn target(authority: &'static str) -> Target {
+        let nowhere: Connector = Arc::new(Nowhere);
+        Target::http(Authority::from_static(authority), nowhere)
+    }
 
     #[tokio::test]
     async fn cap_makes_checkout_wait_for_a_freed_slot() {
         let pool = Pool::new(1, 4, Duration::from_secs(60));
-        let key = PoolKey::new(&Target::http(Authority::from_static("Example")));
+        let key = PoolKey::new(&target("Example"));
         let soon = Instant::now() + Duration::from_millis(50);
         let Some(Checkout::Open(first)) = pool.checkout(&key, true, soon).await else {
             panic!("first checkout opens");
@@ -350,7 +388,7 @@ mod tests {
         };
         drop(first);
         assert!(waiter.await.unwrap(), "a freed slot wakes the waiter");
-        let same = PoolKey::new(&Target::http(Authority::from_static("example:80")));
+        let same = PoolKey::new(&target("example:80"));
         assert_eq!(pool.idle_count(&same), 0);
     }
 }

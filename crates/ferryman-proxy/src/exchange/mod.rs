@@ -24,6 +24,7 @@ pub(crate) mod witness;
 use std::sync::{Arc, Mutex};
 
 use ferryman_capture::TlsFacts;
+use ferryman_http::upstream::Conn;
 use ferryman_http::{ProxyBody, Target, UpstreamError};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -47,7 +48,7 @@ pub(crate) enum Contents {
     Bytes {
         client: TcpStream,
         early: bytes::Bytes,
-        upstream: TcpStream,
+        upstream: Conn,
     },
     /// Nothing more to carry: the client left or refused the handshake.
     Ended,

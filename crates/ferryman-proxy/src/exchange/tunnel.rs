@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use ferryman_http::body;
-use ferryman_http::ProxyBody;
+use ferryman_http::upstream::Conn;
+use ferryman_http::{ProxyBody, Target};
 use http::header::{HeaderValue, CONNECTION};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -12,8 +13,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
-
-use http::uri::Authority;
 
 use super::counted::{Counted, UpgradeMeter};
 use super::guard::FramingGuard;
@@ -46,7 +45,8 @@ pub(crate) async fn connect(
             "CONNECT needs a host:port target",
         ));
     };
-    let upstream = match worker.upstream.connect(&host, port).await {
+    let connector = &worker.shared.direct;
+    let upstream = match worker.upstream.connect(connector, &host, port).await {
         Ok(stream) => stream,
         Err(e) => {
             debug!(error = %e, %host, port, "CONNECT failed");
@@ -60,7 +60,10 @@ pub(crate) async fn connect(
     let tunnel_worker = worker.clone();
     spawn_until_stopped(&worker.shared, witness.clone(), async move {
         match on_client.await {
-            Ok(upgraded) => tunnel(tunnel_worker, upgraded, upstream, authority, witness).await,
+            Ok(upgraded) => {
+                let target = Target::http(authority, tunnel_worker.shared.direct.clone());
+                tunnel(tunnel_worker, upgraded, upstream, target, witness).await
+            }
             Err(e) => debug!(error = %e, "client left before the tunnel opened"),
         }
     });
@@ -133,8 +136,8 @@ fn spawn_until_stopped(
 async fn tunnel(
     worker: Arc<Worker>,
     upgraded: Upgraded,
-    mut upstream: TcpStream,
-    authority: Authority,
+    mut upstream: Conn,
+    target: Target,
     witness: Arc<Witness>,
 ) {
     let session = witness.session().clone();
@@ -146,8 +149,8 @@ async fn tunnel(
             let early = parts.read_buf;
             session.adopt_bytes(early.len() as u64, 0);
             let contents = match &worker.shared.interception {
-                Some(interception) if interception.intercepts(authority.host()) => {
-                    let tunnel = (socket, early, upstream, authority);
+                Some(interception) if interception.intercepts(target.authority.host()) => {
+                    let tunnel = (socket, early, upstream, target);
                     intercept::detect(&worker, interception, tunnel, &witness).await
                 }
                 _ => Contents::Bytes {
@@ -175,31 +178,19 @@ async fn tunnel(
 /// then everything else, counting it.
 pub(crate) async fn relay_bytes(
     socket: TcpStream,
-    mut upstream: TcpStream,
+    mut upstream: Conn,
     early: &[u8],
     session: &Arc<SessionGuard>,
 ) -> std::io::Result<()> {
     upstream.write_all(early).await?;
-    relay_sockets(socket, upstream, session).await
-}
-
-#[cfg(target_os = "linux")]
-async fn relay_sockets(
-    client: TcpStream,
-    upstream: TcpStream,
-    session: &Arc<SessionGuard>,
-) -> std::io::Result<()> {
-    super::splice::relay(&client, &upstream, session).await
-}
-
-#[cfg(not(target_os = "linux"))]
-async fn relay_sockets(
-    client: TcpStream,
-    mut upstream: TcpStream,
-    session: &Arc<SessionGuard>,
-) -> std::io::Result<()> {
-    let mut client = Counted::new(client, session.clone());
-    pump(&mut client, &mut upstream).await.map(|_| ())
+    match upstream {
+        #[cfg(target_os = "linux")]
+        Conn::Tcp(upstream) => super::splice::relay(&socket, &upstream, session).await,
+        mut upstream => {
+            let mut client = Counted::new(socket, session.clone());
+            pump(&mut client, &mut upstream).await.map(|_| ())
+        }
+    }
 }
 
 /// How a plain tunnel ended.

@@ -60,10 +60,11 @@ impl Route for ProxyRoute {
         let Some(authority) = req.uri().authority().cloned() else {
             return local::text(StatusCode::BAD_REQUEST, "request target has no host");
         };
+        let direct = shared.direct.clone();
         let target = if https {
-            Target::https(authority)
+            Target::https(authority, direct)
         } else {
-            Target::http(authority)
+            Target::http(authority, direct)
         };
         let client = self.connection.client().ip();
         forward::exchange(&self.worker, client, req, target, witness).await

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ferryman_capture::Capture;
 use ferryman_http::headers::Via;
+use ferryman_http::upstream::Connector;
 use ferryman_http::{UpstreamClient, UpstreamConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
@@ -25,6 +26,8 @@ use crate::exchange::connection::{self, Protocol};
 use crate::exchange::counted::Counted;
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
+use crate::outbound::dial::{OwnAddrs, Source};
+use crate::outbound::direct::Direct;
 use crate::session::Sessions;
 use crate::ProxyConfig;
 
@@ -70,6 +73,9 @@ impl ForwardProxy {
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let listen = listener.local_addr()?;
+        let own = OwnAddrs::default();
+        own.add(listen);
+        let direct: Connector = Arc::new(Direct::new("direct", Source::default(), own.clone()));
         let shared = Arc::new(Shared {
             auth: ProxyAuth::new(&config.auth),
             via: via(),
@@ -84,6 +90,8 @@ impl ForwardProxy {
             sessions: observers.sessions,
             capture: observers.capture,
             requests: RequestCounters::new(),
+            own,
+            direct,
         });
         Ok(Self {
             listener,
@@ -96,6 +104,12 @@ impl ForwardProxy {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.listen
+    }
+
+    /// Another address of this process (the admin listener's): requests to
+    /// it are refused as loops, like those to the proxy itself.
+    pub fn also_own(&self, addr: SocketAddr) {
+        self.shared.own.add(addr);
     }
 
     /// Interception, to change its rules while running.
@@ -120,11 +134,7 @@ impl ForwardProxy {
     /// the upstream pool starts its reaper.
     fn worker(&self, n: usize, runtime: Handle) -> Arc<WorkerThread> {
         let worker = Arc::new(Worker {
-            upstream: UpstreamClient::new(
-                self.upstream.clone(),
-                vec![self.shared.listen],
-                self.upstream_tls.clone(),
-            ),
+            upstream: UpstreamClient::new(self.upstream.clone(), self.upstream_tls.clone()),
             shared: self.shared.clone(),
         });
         WorkerThread::new(n, runtime, worker)

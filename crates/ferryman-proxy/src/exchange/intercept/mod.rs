@@ -10,9 +10,9 @@ mod rules;
 use std::sync::Arc;
 
 use ferryman_capture::TlsFacts;
+use ferryman_http::upstream::Conn;
 use ferryman_http::{Target, UpstreamError};
 use ferryman_tls::{CertificateAuthority, CertifiedKey};
-use http::uri::Authority;
 use rustls::server::{Accepted, Acceptor, ClientHello, ResolvesServerCert};
 use rustls::{AlertDescription, ServerConfig};
 use tokio::io::AsyncReadExt;
@@ -107,15 +107,15 @@ impl Interception {
 }
 
 /// A tunnel's ends: the client socket, bytes already read from it, the
-/// upstream socket, and the CONNECT target.
-pub(crate) type Tunnel = (TcpStream, bytes::Bytes, TcpStream, Authority);
+/// upstream connection, and the CONNECT target (as plain HTTP).
+pub(crate) type Tunnel = (TcpStream, bytes::Bytes, Conn, Target);
 
-/// Finds out what the tunnel to `authority` carries: HTTP to serve here
+/// Finds out what the tunnel to `target` carries: HTTP to serve here
 /// (in TLS ferryman terminates, or plain), or bytes to relay untouched.
 pub(crate) async fn detect(
     worker: &Worker,
     interception: &Interception,
-    (socket, early, upstream, authority): Tunnel,
+    (socket, early, mut upstream, target): Tunnel,
     witness: &Witness,
 ) -> Contents {
     let session = witness.session().clone();
@@ -128,7 +128,10 @@ pub(crate) async fn detect(
                 Ok(()) => socket.peek(&mut first).await.unwrap_or(0),
                 Err(_) => 0,
             },
-            _ = upstream.readable() => 0,
+            banner = server_speaks(&mut upstream) => {
+                upstream = banner;
+                0
+            }
         }
     } else {
         let n = early.len().min(first.len());
@@ -137,7 +140,7 @@ pub(crate) async fn detect(
     };
     let first = &first[..seen];
     if first.first() == Some(&TLS_HANDSHAKE) {
-        let tunnel = (socket, early, upstream, authority);
+        let tunnel = (socket, early, upstream, target);
         tls(worker, interception, tunnel, witness).await
     } else if looks_like_http(first) {
         // Plain HTTP inside the tunnel: served here, sent to the target.
@@ -147,7 +150,7 @@ pub(crate) async fn detect(
         Contents::Http(Inside {
             io: InsideIo::Plain(io),
             protocol: Protocol::Http1,
-            target: Target::http(authority),
+            target,
             tls: None,
             upstream_failed: None,
         })
@@ -158,6 +161,24 @@ pub(crate) async fn detect(
             upstream,
         }
     }
+}
+
+/// Resolves when the server sends before the client: at once for a plain
+/// socket (its bytes stay in the kernel); a stream that cannot wait for
+/// readability is read, and what it said is put back in front of it.
+async fn server_speaks(upstream: &mut Conn) -> Conn {
+    let stream = match upstream {
+        Conn::Tcp(tcp) => {
+            let _ = tcp.readable().await;
+            return std::mem::replace(upstream, Conn::Other(Box::new(tokio::io::empty())));
+        }
+        Conn::Other(stream) => stream,
+    };
+    let mut banner = vec![0u8; 4096];
+    let n = stream.read(&mut banner).await.unwrap_or(0);
+    banner.truncate(n);
+    let taken = std::mem::replace(upstream, Conn::Other(Box::new(tokio::io::empty())));
+    Conn::Other(Box::new(Prefixed::new(banner.into(), taken)))
 }
 
 /// An HTTP request starts with a method token, uppercase letters, then a
@@ -176,7 +197,7 @@ fn looks_like_http(first: &[u8]) -> bool {
 async fn tls(
     worker: &Worker,
     interception: &Interception,
-    (mut socket, early, upstream, authority): Tunnel,
+    (mut socket, early, upstream, target): Tunnel,
     witness: &Witness,
 ) -> Contents {
     let session = witness.session().clone();
@@ -200,7 +221,9 @@ async fn tls(
     };
     let hello = accepted.client_hello();
     let sni = hello.server_name().map(str::to_string);
-    let name = sni.clone().unwrap_or_else(|| authority.host().to_string());
+    let name = sni
+        .clone()
+        .unwrap_or_else(|| target.authority.host().to_string());
     let mut facts = TlsFacts {
         sni,
         alpn: None,
@@ -238,12 +261,13 @@ async fn tls(
     let server_name = facts
         .sni
         .as_deref()
-        .filter(|sni| !sni.eq_ignore_ascii_case(authority.host()))
+        .filter(|sni| !sni.eq_ignore_ascii_case(target.authority.host()))
         .map(Arc::from);
     let target = Target {
         server_name,
         offer_http2: spoken.as_ref().is_some_and(|list| list.contains(&H2)),
-        ..Target::https(authority)
+        https: true,
+        ..target
     };
     let picks_suite = ferryman_tls::server_picks_suite(hello.cipher_suites());
     let (alpn, upstream_failed) = mirror_alpn(worker, &target, upstream, spoken).await;
@@ -301,7 +325,7 @@ async fn tls(
 async fn mirror_alpn(
     worker: &Worker,
     target: &Target,
-    upstream: TcpStream,
+    upstream: Conn,
     spoken: Option<Vec<&'static [u8]>>,
 ) -> (Vec<Vec<u8>>, Option<UpstreamError>) {
     let spoken = spoken.unwrap_or_default();
