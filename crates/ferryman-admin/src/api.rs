@@ -40,6 +40,7 @@ pub(crate) async fn status(State(shared): Shard) -> Response {
         "proxy_listen": shared.proxy_listen.to_string(),
         "admin_listen": shared.admin_listen.to_string(),
         "capture": capture,
+        "config": shared.settings.status(),
         "sessions": shared.sessions.active_by_kind().into_iter().collect::<std::collections::HashMap<_, _>>(),
         "subscribers": shared.hub.count(),
     }))
@@ -358,6 +359,46 @@ pub(crate) async fn update_config(
         })
         .into_response(),
         Err(reason) => error(StatusCode::UNPROCESSABLE_ENTITY, &reason),
+    }
+}
+
+pub(crate) async fn reload_config(State(shared): Shard) -> Response {
+    let settings = shared.settings.clone();
+    // Reading rule lists and binding listeners block: not on the event loop.
+    let reloaded = tokio::task::spawn_blocking(move || settings.reload()).await;
+    match reloaded {
+        Ok(Ok(outcome)) => Json(outcome).into_response(),
+        Ok(Err(reason)) => error(StatusCode::UNPROCESSABLE_ENTITY, &reason),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteQuery {
+    /// A URL (`https://host/path`) or a tunnel's `host:port`.
+    target: String,
+    user: Option<String>,
+    client: Option<std::net::IpAddr>,
+    inbound: Option<String>,
+    method: Option<String>,
+}
+
+pub(crate) async fn route(State(shared): Shard, Query(query): Query<RouteQuery>) -> Response {
+    let query = ferryman_proxy::Query {
+        target: query.target,
+        inbound: query.inbound,
+        client: query.client,
+        user: query.user,
+        method: query.method,
+    };
+    let settings = shared.settings.clone();
+    // A rule on resolved addresses makes the answer wait for DNS.
+    let decided = tokio::task::spawn_blocking(move || settings.route(&query)).await;
+    match decided {
+        Ok(Ok(explanation)) => Json(explanation).into_response(),
+        Ok(Err(reason)) => error(StatusCode::BAD_REQUEST, &reason),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     }
 }
 

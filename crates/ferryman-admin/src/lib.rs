@@ -37,6 +37,15 @@ pub trait Settings: Send + Sync + 'static {
     /// them can change while ferryman runs, and returns the keys applied.
     /// Otherwise nothing changes and the error says which key and why.
     fn update(&self, settings: &[String]) -> Result<Vec<String>, String>;
+    /// Reads the configuration file again and puts it in force if it is
+    /// valid as a whole; otherwise the error says what is wrong and the
+    /// configuration in force stays.
+    fn reload(&self) -> Result<serde_json::Value, String>;
+    /// The configuration in force (its hash, since when) and how the last
+    /// reload went.
+    fn status(&self) -> serde_json::Value;
+    /// Where traffic to `query.target` would go, and why; nothing is sent.
+    fn route(&self, query: &ferryman_proxy::Query) -> Result<serde_json::Value, String>;
 }
 
 /// What the admin listener shows and acts on.
@@ -196,6 +205,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/exchanges/{id}/{part}/body", get(api::body))
         .route("/api/har", get(api::har))
         .route("/api/config", get(api::config).patch(api::update_config))
+        .route("/api/config/reload", post(api::reload_config))
+        .route("/api/route", get(api::route))
         .route("/api/live", get(live_stream))
         .route("/api/logout", post(auth::logout))
         .route_layer(axum::middleware::from_fn_with_state(

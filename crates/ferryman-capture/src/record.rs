@@ -85,9 +85,11 @@ pub struct ExchangeRecord {
     pub started_ms: i64,
     pub timings: Timings,
     pub client: String,
-    /// How the upstream was reached: `direct`, or a CONNECT tunnel's
-    /// `tunnel` (no exchange seen inside).
+    /// The way out the policy chose: `direct`, an upstream proxy, a group...
     pub outbound: String,
+    /// The rule that chose it (`default` when none did).
+    #[serde(default)]
+    pub rule: Option<String>,
     pub request: RequestRecord,
     pub response: Option<ResponseRecord>,
     pub tls: Option<TlsFacts>,

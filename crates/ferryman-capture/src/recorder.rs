@@ -99,8 +99,11 @@ impl Recorder {
         self.0.record().tls = Some(facts);
     }
 
-    pub fn outbound(&self, outbound: &str) {
-        self.0.record().outbound = outbound.to_owned();
+    /// The way out the policy chose, and the rule that chose it.
+    pub fn route(&self, outbound: &str, rule: &str) {
+        let mut record = self.0.record();
+        record.outbound = outbound.to_owned();
+        record.rule = Some(rule.to_owned());
     }
 
     /// Why the exchange failed; the first reason given is kept.

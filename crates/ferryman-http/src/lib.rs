@@ -4,8 +4,9 @@
 pub mod body;
 pub mod config;
 pub mod headers;
+pub mod prefixed;
 pub mod upstream;
 
 pub use body::{BoxError, ProxyBody};
 pub use config::UpstreamConfig;
-pub use upstream::{Target, UpstreamClient, UpstreamError};
+pub use upstream::{Target, UpstreamClient, UpstreamError, UpstreamSettings};

@@ -1,40 +1,61 @@
 //! What the stages of the pipeline share: [`Shared`] is the one part every
 //! worker thread sees, [`Worker`] is one thread's view of it with that
-//! thread's own upstream pool. Nothing here decides or forwards anything.
+//! thread's own upstream pool, and [`Settings`] the configuration in force,
+//! which a session takes whole when it starts and keeps. Nothing here
+//! decides or forwards anything.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use ferryman_capture::Capture;
 use ferryman_http::headers::Via;
-use ferryman_http::upstream::Connector;
 use ferryman_http::UpstreamClient;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
 use crate::inbound::auth::ProxyAuth;
+use crate::inbound::limit::Limit;
 use crate::outbound::dial::OwnAddrs;
+use crate::policy::Policy;
 use crate::session::Sessions;
 use crate::ProxyConfig;
 
+/// The configuration the sessions starting now get; replaced whole by a
+/// reload, never changed in place.
+pub struct Settings {
+    pub(crate) proxy: ProxyConfig,
+    pub(crate) auth: Option<ProxyAuth>,
+    pub(crate) policy: Policy,
+}
+
+impl Settings {
+    pub fn new(proxy: ProxyConfig, policy: Policy) -> Self {
+        Self {
+            auth: ProxyAuth::new(&proxy.auth),
+            proxy,
+            policy,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+}
+
 /// What every connection of every worker thread shares.
 pub(crate) struct Shared {
-    pub(crate) auth: Option<ProxyAuth>,
+    pub(crate) settings: ArcSwap<Settings>,
     /// This process's entry in `Via`; seeing it come back means a loop.
     pub(crate) via: Via,
-    pub(crate) x_forwarded_for: bool,
-    pub(crate) listen: SocketAddr,
     /// Connections and tunnels, which outlive the request that opened them.
     pub(crate) tasks: TaskTracker,
     /// Cancelled when the shutdown grace period is over.
     pub(crate) hard_stop: CancellationToken,
-    /// One permit per client connection being served.
-    pub(crate) connections: Arc<Semaphore>,
+    /// One place per client connection being served.
+    pub(crate) connections: Limit,
     pub(crate) interception: Option<Arc<Interception>>,
-    pub(crate) config: Arc<ProxyConfig>,
     /// Cancelled when shutdown starts: connections finish what they are
     /// doing and close.
     pub(crate) stopping: CancellationToken,
@@ -43,8 +64,8 @@ pub(crate) struct Shared {
     pub(crate) requests: Arc<RequestCounters>,
     /// Every listening address of this process: connecting to one is a loop.
     pub(crate) own: OwnAddrs,
-    /// The way out when nothing else is said.
-    pub(crate) direct: Connector,
+    /// How upstream TLS is checked, for the proxies reached over TLS.
+    pub(crate) tls: ArcSwap<rustls::ClientConfig>,
 }
 
 /// One worker thread's view: the shared part plus the thread's own

@@ -133,6 +133,8 @@ pub struct Session {
     started: SystemTime,
     start: Instant,
     closed: OnceLock<SystemTime>,
+    /// The way out the policy chose and the rule that chose it.
+    route: OnceLock<(Arc<str>, Arc<str>)>,
     bytes: Counters,
     /// For a tunnel: the bodies of the exchanges inside it.
     children: Counters,
@@ -153,9 +155,11 @@ pub struct SessionSnapshot {
     pub kind: &'static str,
     pub client: String,
     pub target: String,
-    /// How the target is reached (`direct`; later an upstream proxy or an
-    /// agent group); none for a client connection.
-    pub outbound: Option<&'static str>,
+    /// The way out the policy chose (`direct`, an upstream proxy, a
+    /// group...); none for a client connection.
+    pub outbound: Option<Arc<str>>,
+    /// The rule that chose it (`default` when none did).
+    pub rule: Option<Arc<str>>,
     pub started_ms: u64,
     pub state: &'static str,
     pub closed_ms: Option<u64>,
@@ -279,6 +283,7 @@ impl Sessions {
             started: SystemTime::now(),
             start: Instant::now(),
             closed: OnceLock::new(),
+            route: OnceLock::new(),
             bytes: Counters::default(),
             children: Counters::default(),
             client_bytes,
@@ -345,9 +350,11 @@ impl Sessions {
     }
 
     fn close_roots(&self, which: impl Fn(&Session) -> bool) -> usize {
+        // A connection closed a moment ago may still be in the table while
+        // its task winds down: it is not closed twice, nor counted.
         let roots: Vec<Arc<Session>> = lock(&self.inner.open)
             .values()
-            .filter(|s| s.parent.is_none() && which(s))
+            .filter(|s| s.parent.is_none() && !s.cancel.is_cancelled() && which(s))
             .cloned()
             .collect();
         roots.iter().for_each(|s| s.close_tree());
@@ -461,6 +468,10 @@ impl Session {
         self.kind.store(kind as u8, Ordering::Relaxed);
     }
 
+    pub(crate) fn set_route(&self, outbound: &Arc<str>, rule: &Arc<str>) {
+        let _ = self.route.set((outbound.clone(), rule.clone()));
+    }
+
     /// What the session is about: a URL for an exchange, `host:port` for a tunnel.
     pub(crate) fn target(&self) -> &str {
         &self.target
@@ -546,7 +557,8 @@ impl Session {
             kind: self.kind().name(),
             client: self.client_text.to_string(),
             target: self.target.clone(),
-            outbound: self.parent.is_some().then_some("direct"),
+            outbound: self.route.get().map(|(outbound, _)| outbound.clone()),
+            rule: self.route.get().map(|(_, rule)| rule.clone()),
             started_ms: unix_ms(self.started),
             state: if closed.is_some() { "closed" } else { "open" },
             closed_ms: closed.map(unix_ms),

@@ -27,6 +27,23 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Where traffic to a URL or host:port would go, and why; sends nothing.
+    Route {
+        /// A URL (https://host/path) or a tunnel's host:port.
+        target: String,
+        /// The authenticated user asking.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// The client's address (default 127.0.0.1).
+        #[arg(long, value_name = "ADDR")]
+        client: Option<std::net::IpAddr>,
+        /// The inbound the traffic arrives on (default http).
+        #[arg(long, value_name = "NAME")]
+        inbound: Option<String>,
+        /// The HTTP method (default GET for a URL, CONNECT for host:port).
+        #[arg(long, value_name = "METHOD")]
+        method: Option<String>,
+    },
     /// ferryman's certificate authority, created on first use.
     #[command(subcommand)]
     Ca(CaCommand),

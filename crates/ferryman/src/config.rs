@@ -9,7 +9,7 @@ use ferryman_admin::AdminConfig;
 use ferryman_capture::CaptureConfig;
 use ferryman_http::config::{humantime_serde, Invalid};
 use ferryman_http::UpstreamConfig;
-use ferryman_proxy::{InterceptConfig, ProxyConfig};
+use ferryman_proxy::{InterceptConfig, OutboundConfig, ProxyConfig, RuleConfig};
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
@@ -29,6 +29,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
     pub intercept: InterceptConfig,
+    /// Named ways out besides `direct` and `reject`.
+    pub outbounds: Vec<OutboundConfig>,
+    /// Ordered rules: the first that matches decides.
+    pub rules: Vec<RuleConfig>,
     pub capture: CaptureConfig,
     pub sessions: SessionsConfig,
     pub admin: AdminConfig,
@@ -121,6 +125,8 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             tls: TlsConfig::default(),
             intercept: InterceptConfig::default(),
+            outbounds: Vec::new(),
+            rules: Vec::new(),
             capture: CaptureConfig::default(),
             sessions: SessionsConfig::default(),
             admin: AdminConfig::default(),
@@ -182,6 +188,24 @@ impl Config {
         Self::from_table(Self::table(file, overrides)?)
     }
 
+    /// The rules and ways out, compiled against `env`; rule-list files
+    /// are read relative to `base` (the config file's directory).
+    /// `table` is what the config came from, to show the values refused.
+    pub fn policy(
+        &self,
+        table: &Table,
+        base: &Path,
+        env: &ferryman_proxy::Env,
+    ) -> Result<ferryman_proxy::Policy, ConfigError> {
+        let spec = ferryman_proxy::PolicySpec {
+            outbounds: &self.outbounds,
+            rules: &self.rules,
+            intercept: &self.intercept,
+            base,
+        };
+        ferryman_proxy::Policy::compile(spec, env).map_err(|invalid| refusal(table, invalid))
+    }
+
     /// The file's table with the overrides applied, not yet checked.
     pub fn table(file: Option<&Path>, overrides: &[String]) -> Result<Table, ConfigError> {
         let mut table = match file {
@@ -215,22 +239,26 @@ impl Config {
         self.proxy.validate(&mut invalid);
         self.upstream.validate(&mut invalid);
         self.tls.validate(&mut invalid);
-        self.intercept.validate(&mut invalid);
         self.capture.validate(&mut invalid);
         self.admin.validate(&mut invalid);
         if invalid.is_empty() {
             return Ok(());
         }
-        Err(ConfigError(
-            invalid
-                .into_iter()
-                .map(|i| {
-                    let shown = shown(table, &i.key).unwrap_or_else(|| " (default)".to_string());
-                    format!("{}{shown}: {}", i.key, i.reason)
-                })
-                .collect(),
-        ))
+        Err(refusal(table, invalid))
     }
+}
+
+/// Every problem found, each with its key and the value refused.
+fn refusal(table: &Table, invalid: Vec<Invalid>) -> ConfigError {
+    ConfigError(
+        invalid
+            .into_iter()
+            .map(|i| {
+                let shown = shown(table, &i.key).unwrap_or_else(|| " (default)".to_string());
+                format!("{}{shown}: {}", i.key, i.reason)
+            })
+            .collect(),
+    )
 }
 
 /// `a.b.c=value`: the value is read as TOML (numbers, booleans, arrays,
@@ -270,15 +298,55 @@ pub fn apply_override(table: &mut Table, setting: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
-/// ` = value` for messages; a secret's value is never shown.
+/// ` = value` for messages; a secret's value is never shown: tokens and
+/// keys not at all, proxy credentials (`proxy.auth`, an outbound's URL)
+/// with the password replaced.
 fn shown(table: &Table, key: &str) -> Option<String> {
     let value = lookup(table, key)?;
     let secret = key.ends_with("token") || key.ends_with("secret_access_key");
-    Some(if secret {
-        format!(" = \"{}\"", ferryman_capture::REDACTED)
+    if secret {
+        return Some(format!(" = \"{}\"", ferryman_capture::REDACTED));
+    }
+    let redacted = redact_credentials(key, value);
+    Some(format!(" = {}", redacted.as_ref().unwrap_or(value)))
+}
+
+/// `value` with passwords replaced, where `key` holds credentials.
+fn redact_credentials(key: &str, value: &Value) -> Option<Value> {
+    let hide: fn(&str) -> String = if key.starts_with("proxy.auth") {
+        hide_password
+    } else if key.starts_with("outbounds") && key.ends_with(".url") {
+        |url| match url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((userinfo, host)) => format!("{scheme}://{}@{host}", hide_password(userinfo)),
+                None => url.to_string(),
+            },
+            None => url.to_string(),
+        }
     } else {
-        format!(" = {value}")
+        return None;
+    };
+    Some(match value {
+        Value::String(text) => Value::String(hide(text)),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| match item {
+                    Value::String(text) => Value::String(hide(text)),
+                    other => other.clone(),
+                })
+                .collect(),
+        ),
+        other => other.clone(),
     })
+}
+
+/// `user:password` as `user:<redacted>`.
+fn hide_password(pair: &str) -> String {
+    match pair.split_once(':') {
+        Some((user, _)) => format!("{user}:{}", ferryman_capture::REDACTED),
+        None => pair.to_string(),
+    }
 }
 
 fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {

@@ -4,10 +4,11 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod cli;
 mod config;
 mod export;
+mod live;
 mod log_fields;
 mod log_time;
 mod logging;
-mod settings;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -21,9 +22,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { ref file }) => {
-            let checked = Config::load(Some(file), &cli.overrides.settings())
+            let checked = Config::table(Some(file), &cli.overrides.settings())
+                .and_then(|table| Ok((Config::from_table(table.clone())?, table)))
                 .map_err(|e| e.to_string())
-                .and_then(|config| config.upstream_tls().map(|_| ()));
+                .and_then(|(config, table)| check_policy(&config, &table, Some(file)).map(|_| ()));
             match checked {
                 Ok(()) => {
                     println!("{}: ok", file.display());
@@ -60,6 +62,36 @@ fn main() -> ExitCode {
             export::body(config, id, part, decode, output.as_deref())
         }),
         Some(Command::Ca(ref command)) => offline(&cli, |config| ca(config, command)),
+        Some(Command::Route {
+            ref target,
+            ref user,
+            client,
+            ref inbound,
+            ref method,
+        }) => {
+            let query = ferryman_proxy::Query {
+                target: target.clone(),
+                inbound: inbound.clone(),
+                client,
+                user: user.clone(),
+                method: method.clone(),
+            };
+            let explained = Config::table(cli.config.as_deref(), &cli.overrides.settings())
+                .and_then(|table| Ok((Config::from_table(table.clone())?, table)))
+                .map_err(|e| e.to_string())
+                .and_then(|(config, table)| check_policy(&config, &table, cli.config.as_deref()))
+                .and_then(|policy| policy.explain(&query));
+            match explained {
+                Ok(explained) => {
+                    println!("{}", route_text(&explained));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Some(Command::Run) | None => {
             let loaded = Config::table(cli.config.as_deref(), &cli.overrides.settings())
                 .and_then(|table| Ok((Config::from_table(table.clone())?, table)));
@@ -70,9 +102,14 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Err(e) = check_policy(&config, &table, cli.config.as_deref()) {
+                eprintln!("{e}");
+                return ExitCode::from(2);
+            }
             let logs = ferryman_admin::LogFeed::default();
             let _flush_on_exit = logging::init(config.log.format, &logs);
-            match run(config, table, logs) {
+            let source = (cli.config.clone(), cli.overrides.settings());
+            match run(config, table, source, logs) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -95,6 +132,39 @@ fn offline(cli: &Cli, command: impl FnOnce(&Config) -> Result<(), String>) -> Ex
             ExitCode::from(2)
         }
     }
+}
+
+/// The configuration's rules compiled as they would be at start, without
+/// a running proxy: every error of the rules, the outbounds and the lists.
+fn check_policy(
+    config: &Config,
+    table: &toml::Table,
+    file: Option<&std::path::Path>,
+) -> Result<ferryman_proxy::Policy, String> {
+    let tls = config.upstream_tls()?;
+    let env = ferryman_proxy::Env::detached(tls);
+    config
+        .policy(table, &live::base_dir(file), &env)
+        .map_err(|e| e.to_string())
+}
+
+/// `ferryman route`'s answer, one fact per line.
+fn route_text(explained: &ferryman_proxy::Explanation) -> String {
+    let target = match &explained.path {
+        Some(path) => format!(
+            "{} {}:{}{path}",
+            explained.method, explained.host, explained.port
+        ),
+        None => format!("CONNECT {}:{}", explained.host, explained.port),
+    };
+    format!(
+        "target:    {target}\noutbound:  {} ({})\nrule:      {}\nintercept: {} (rule {})",
+        explained.outbound,
+        explained.outbound_kind,
+        explained.rule,
+        if explained.intercept { "yes" } else { "no" },
+        explained.intercept_rule,
+    )
 }
 
 fn ca(config: &Config, command: &CaCommand) -> Result<(), String> {
@@ -121,7 +191,12 @@ fn ca(config: &Config, command: &CaCommand) -> Result<(), String> {
     }
 }
 
-fn run(config: Config, table: toml::Table, logs: ferryman_admin::LogFeed) -> Result<(), String> {
+fn run(
+    config: Config,
+    table: toml::Table,
+    (file, command_line): (Option<std::path::PathBuf>, Vec<String>),
+    logs: ferryman_admin::LogFeed,
+) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
     let ca = std::sync::Arc::new(config.open_ca()?);
@@ -133,7 +208,7 @@ fn run(config: Config, table: toml::Table, logs: ferryman_admin::LogFeed) -> Res
     } else {
         None
     };
-    let interception = ferryman_proxy::Interception::new(ca.clone(), config.intercept.clone());
+    let interception = ferryman_proxy::Interception::new(ca.clone());
     let capture = config.start_capture()?;
     let observers = ferryman_proxy::Observers {
         sessions: ferryman_proxy::Sessions::new(config.sessions.linger, config.sessions.history),
@@ -152,23 +227,31 @@ fn run(config: Config, table: toml::Table, logs: ferryman_admin::LogFeed) -> Res
             config.proxy.listen
         )
     })?;
+    let control = proxy.control();
+    let policy = config
+        .policy(&table, &live::base_dir(file.as_deref()), &control.env())
+        .map_err(|e| e.to_string())?;
+    control.apply(ferryman_proxy::Settings::new(config.proxy.clone(), policy))?;
+    let live = live::Live::new(
+        file.clone(),
+        command_line,
+        table,
+        config.clone(),
+        control.clone(),
+    );
     let shutdown = CancellationToken::new();
     let admin = if config.admin.enabled {
         let parts = ferryman_admin::Parts {
             sessions: proxy.sessions().clone(),
             capture: capture.clone(),
             ca,
-            settings: std::sync::Arc::new(settings::LiveSettings::new(
-                table,
-                config.clone(),
-                proxy.interception(),
-            )),
+            settings: live.clone(),
             logs,
             metrics,
             proxy_listen: proxy.local_addr(),
         };
         let admin = ferryman_admin::Admin::bind(&config.admin, &config.data_dir, parts)?;
-        proxy.also_own(admin.local_addr());
+        control.also_own(admin.local_addr());
         Some(admin.spawn(shutdown.clone())?)
     } else {
         None
@@ -178,10 +261,15 @@ fn run(config: Config, table: toml::Table, logs: ferryman_admin::LogFeed) -> Res
         .build()
         .map_err(|e| format!("cannot start the signal handler: {e}"))?;
     let token = shutdown.clone();
+    let reloads = live.clone();
     std::thread::Builder::new()
         .name("ferryman-signals".into())
-        .spawn(move || signals.block_on(stop_on_signal(token)))
+        .spawn(move || signals.block_on(on_signals(token, reloads)))
         .map_err(|e| format!("cannot start the signal handler: {e}"))?;
+    let _watching = match &file {
+        Some(file) => Some(watch::config_file(file, live.clone())?),
+        None => None,
+    };
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -236,19 +324,32 @@ fn raise_open_file_limit() {
     }
 }
 
-/// SIGINT or SIGTERM: stop accepting and drain.
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// SIGINT or SIGTERM: stop accepting and drain; a second one: exit at
+/// once. SIGHUP: reload the configuration.
+async fn on_signals(shutdown: CancellationToken, live: std::sync::Arc<live::Live>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::warn!("cannot install signal handlers; stop ferryman with SIGKILL");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+            _ = hup.recv() => {
+                let live = live.clone();
+                let _ = tokio::task::spawn_blocking(move || live.reload("signal")).await;
+                continue;
+            }
+        }
+        if shutdown.is_cancelled() {
+            tracing::warn!("second stop signal: exiting now");
+            std::process::exit(1);
+        }
+        shutdown.cancel();
     }
-    shutdown.cancel();
 }

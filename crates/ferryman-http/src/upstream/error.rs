@@ -24,6 +24,10 @@ pub enum UpstreamError {
     Closed,
     #[error("bad upstream response: {0}")]
     Protocol(#[source] hyper::Error),
+    /// The way out itself failed: an upstream proxy that cannot be reached
+    /// or refused, an agent that could not reach the target.
+    #[error("outbound {outbound}: {reason}")]
+    Outbound { outbound: String, reason: String },
 }
 
 impl UpstreamError {

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -35,15 +36,67 @@ use crate::body::ProxyBody;
 use crate::headers;
 use crate::UpstreamConfig;
 
-/// Sends requests to origin servers over pooled keep-alive connections.
-#[derive(Clone)]
-pub struct UpstreamClient {
-    pool: Pool,
-    config: Arc<UpstreamConfig>,
+/// How upstream servers are talked to: timeouts and limits, and how their
+/// TLS is checked. Shared by the clients of every worker thread and
+/// replaced whole on reload; each exchange reads it once.
+pub struct UpstreamSettings(ArcSwap<ClientSide>);
+
+struct ClientSide {
+    config: UpstreamConfig,
     /// Offers HTTP/1.1 alone.
     tls: TlsConnector,
     /// Offers HTTP/2, then HTTP/1.1.
     tls_h2: TlsConnector,
+    /// Changes with the TLS settings: connections checked under other
+    /// settings are not reused.
+    tls_generation: u64,
+}
+
+impl UpstreamSettings {
+    /// `tls` says how to check servers reached over https.
+    pub fn new(config: UpstreamConfig, tls: Arc<rustls::ClientConfig>) -> Arc<Self> {
+        Arc::new(Self(ArcSwap::from_pointee(ClientSide::new(config, tls, 0))))
+    }
+
+    /// New settings for the exchanges that start from now on; with new
+    /// `tls`, pooled connections are no longer handed out.
+    pub fn set(&self, config: UpstreamConfig, tls: Option<Arc<rustls::ClientConfig>>) {
+        let current = self.0.load();
+        let side = match tls {
+            Some(tls) => ClientSide::new(config, tls, current.tls_generation + 1),
+            None => ClientSide {
+                config,
+                tls: current.tls.clone(),
+                tls_h2: current.tls_h2.clone(),
+                tls_generation: current.tls_generation,
+            },
+        };
+        self.0.store(Arc::new(side));
+    }
+
+    pub fn config(&self) -> UpstreamConfig {
+        self.0.load().config.clone()
+    }
+}
+
+impl ClientSide {
+    fn new(config: UpstreamConfig, tls: Arc<rustls::ClientConfig>, tls_generation: u64) -> Self {
+        let mut h2 = (*tls).clone();
+        h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Self {
+            config,
+            tls: TlsConnector::from(tls),
+            tls_h2: TlsConnector::from(Arc::new(h2)),
+            tls_generation,
+        }
+    }
+}
+
+/// Sends requests to origin servers over pooled keep-alive connections.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    pool: Pool,
+    settings: Arc<UpstreamSettings>,
     /// What every exchange records, registered once: finding a metric by
     /// name and labels cost ~1k instructions each time.
     pool_hits: metrics::Counter,
@@ -102,10 +155,28 @@ impl Target {
             .flatten()
     }
 
-    /// The port, or the scheme's default.
+    /// The port, or the scheme's default (an authority whose port is not a
+    /// number was refused before it became a target: see [`port_of`]).
     pub fn port(&self) -> u16 {
         let default = if self.https { 443 } else { 80 };
         self.authority.port_u16().unwrap_or(default)
+    }
+}
+
+/// The port an authority names: None when it names none (or an empty
+/// one), an error when what follows the colon is not a port number.
+pub fn port_of(authority: &Authority) -> Result<Option<u16>, String> {
+    let text = authority.as_str();
+    let after_host = match text.rfind(']') {
+        Some(end) => &text[end + 1..],
+        None => text,
+    };
+    match after_host.rsplit_once(':') {
+        None | Some((_, "")) => Ok(None),
+        Some((_, port)) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(Some(port)),
+            _ => Err(format!("{port:?} is not a port number (1-65535)")),
+        },
     }
 }
 
@@ -136,25 +207,29 @@ enum Failure {
 
 impl UpstreamClient {
     /// `tls` says how to check servers reached over https.
-    pub fn new(config: UpstreamConfig, tls: Arc<rustls::ClientConfig>) -> Self {
-        let mut h2 = (*tls).clone();
-        h2.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    /// A client with a pool of its own, following `settings`. The pool's
+    /// limits and idle timeout are those in force when it is made.
+    pub fn new(settings: Arc<UpstreamSettings>) -> Self {
+        let config = settings.config();
         Self {
             pool: Pool::new(
                 config.max_connections_per_host,
                 config.max_idle_per_host,
                 config.idle_timeout,
             ),
-            config: Arc::new(config),
-            tls: TlsConnector::from(tls),
-            tls_h2: TlsConnector::from(Arc::new(h2)),
+            settings,
             pool_hits: metrics::counter!("ferryman_upstream_pool_total", "result" => "hit"),
             ttfb: metrics::histogram!("ferryman_upstream_ttfb_seconds"),
         }
     }
 
-    pub fn config(&self) -> &UpstreamConfig {
-        &self.config
+    /// The settings in force now.
+    pub fn config(&self) -> UpstreamConfig {
+        self.settings.config()
+    }
+
+    fn side(&self) -> Arc<ClientSide> {
+        self.settings.0.load_full()
     }
 
     /// A connection to `host:port` through `connector`, for tunnels.
@@ -164,7 +239,7 @@ impl UpstreamClient {
         host: &str,
         port: u16,
     ) -> Result<Conn, UpstreamError> {
-        let deadline = Instant::now() + self.config.connect_timeout;
+        let deadline = Instant::now() + self.side().config.connect_timeout;
         connector.connect(host, port, deadline).await
     }
 
@@ -173,20 +248,21 @@ impl UpstreamClient {
     /// pools the connection; unless an HTTP/2 connection to `target` is
     /// already shared. Tells whether the server chose HTTP/2.
     pub async fn adopt(&self, target: &Target, stream: Conn) -> Result<bool, UpstreamError> {
-        let key = PoolKey::new(target);
+        let side = self.side();
+        let key = PoolKey::new(target, side.tls_generation);
         // The server already chose HTTP/2 on the connection every exchange
         // to it shares: that answer stands, and `stream` is not needed.
         if self.pool.shares_http2(&key) {
             return Ok(true);
         }
-        let deadline = Instant::now() + self.config.connect_timeout;
+        let deadline = Instant::now() + side.config.connect_timeout;
         let Some(Checkout::Open(slot)) = self.pool.checkout(&key, false, deadline).await else {
             let (host, port) = (target.authority.host(), target.port());
             return Err(UpstreamError::ConnectTimeout(format!("{host}:{port}")));
         };
         metrics::counter!("ferryman_upstream_pool_total", "result" => "miss").increment(1);
         let sender = self
-            .start_tls(&key, target, Use::Pooled, stream, slot, deadline)
+            .start_tls(&side, &key, target, Use::Pooled, stream, slot, deadline)
             .await?;
         let http2 = sender.is_http2();
         self.pool.give_back(key, sender);
@@ -200,10 +276,11 @@ impl UpstreamClient {
         target: &Target,
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let key = PoolKey::new(target);
+        let side = self.side();
+        let key = PoolKey::new(target, side.tls_generation);
         let upgrade = headers::wants_upgrade(req.headers());
         let need = if upgrade { Use::Upgrade } else { Use::Pooled };
-        let mut lease = self.lease(&key, target, need).await?;
+        let mut lease = self.lease(&side, &key, target, need).await?;
         // Replayable: nothing to resend but the head, resending is harmless,
         // and only a reused connection can have been closed under us.
         let replay =
@@ -211,14 +288,14 @@ impl UpstreamClient {
                 .then(|| head_only(&req));
         let sending = Instant::now();
         let mut attempt = self
-            .exchange(&mut lease.sender, target, req.map(SentBody::new))
+            .exchange(&side, &mut lease.sender, target, req.map(SentBody::new))
             .await;
         // A reused connection may have been closed by the server just as we
         // wrote to it; one fresh attempt is safe when the request was never
         // written, or when it is idempotent, bodiless and got no answer.
         attempt = match attempt {
             Err(Failure::Unsent(_, req)) if lease.reused => {
-                Box::pin(self.retry(&key, target, &mut lease, *req)).await
+                Box::pin(self.retry(&side, &key, target, &mut lease, *req)).await
             }
             Err(Failure::Sent(e))
                 if lease.reused && (e.is_incomplete_message() || e.is_canceled()) =>
@@ -226,7 +303,7 @@ impl UpstreamClient {
                 match replay {
                     Some(head) => {
                         let req = head.map(|()| SentBody::new(crate::body::empty()));
-                        Box::pin(self.retry(&key, target, &mut lease, req)).await
+                        Box::pin(self.retry(&side, &key, target, &mut lease, req)).await
                     }
                     None => Err(Failure::Sent(e)),
                 }
@@ -246,7 +323,7 @@ impl UpstreamClient {
             }
             Err(Failure::Lease(e)) => Err(e),
             Err(Failure::TimedOut) => Err(UpstreamError::ResponseTimeout(
-                self.config.response_header_timeout,
+                side.config.response_header_timeout,
             )),
             Err(Failure::Unsent(e, _)) | Err(Failure::Sent(e)) => {
                 if e.is_incomplete_message() {
@@ -260,11 +337,12 @@ impl UpstreamClient {
 
     async fn lease(
         &self,
+        side: &ClientSide,
         key: &PoolKey,
         target: &Target,
         need: Use,
     ) -> Result<Lease, UpstreamError> {
-        let deadline = Instant::now() + self.config.connect_timeout;
+        let deadline = Instant::now() + side.config.connect_timeout;
         loop {
             let checkout = self.pool.checkout(key, need == Use::Pooled, deadline).await;
             match checkout {
@@ -288,7 +366,7 @@ impl UpstreamClient {
                     // Boxed: connecting and handshaking take far more state
                     // than reusing a pooled connection, which every request
                     // would otherwise allocate and copy.
-                    return Box::pin(self.open(key, target, need, slot, deadline)).await;
+                    return Box::pin(self.open(side, key, target, need, slot, deadline)).await;
                 }
             }
         }
@@ -297,6 +375,7 @@ impl UpstreamClient {
     /// A new connection to `target`, in `slot`.
     async fn open(
         &self,
+        side: &ClientSide,
         key: &PoolKey,
         target: &Target,
         need: Use,
@@ -313,10 +392,10 @@ impl UpstreamClient {
             }
         };
         let sender = if target.https {
-            self.start_tls(key, target, need, stream, slot, deadline)
+            self.start_tls(side, key, target, need, stream, slot, deadline)
                 .await?
         } else {
-            self.start(stream, slot, false).await?
+            self.start(side, stream, slot, false).await?
         };
         metrics::histogram!("ferryman_upstream_connect_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -328,8 +407,10 @@ impl UpstreamClient {
 
     /// TLS, then HTTP/2 if the server chose it (the pool shares that
     /// connection from then on), else HTTP/1.1.
+    #[allow(clippy::too_many_arguments)]
     async fn start_tls(
         &self,
+        side: &ClientSide,
         key: &PoolKey,
         target: &Target,
         need: Use,
@@ -342,14 +423,14 @@ impl UpstreamClient {
             .as_deref()
             .unwrap_or(target.authority.host());
         let connector = match need {
-            Use::Pooled | Use::Fresh if target.offer_http2 => &self.tls_h2,
-            _ => &self.tls,
+            Use::Pooled | Use::Fresh if target.offer_http2 => &side.tls_h2,
+            _ => &side.tls,
         };
         let tls = self
             .handshake_tls(connector, name, stream, deadline)
             .await?;
         let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let sender = self.start(tls, slot, http2).await?;
+        let sender = self.start(side, tls, slot, http2).await?;
         if let Sender::Http2(shared) = &sender {
             self.pool.share(key, shared.clone());
         }
@@ -383,12 +464,18 @@ impl UpstreamClient {
 
     /// Speaks HTTP/2 or HTTP/1.1 over `io`; the connection lives in its own
     /// task, and frees its slot at the host's cap when it ends.
-    async fn start<I>(&self, io: I, slot: Slot, http2: bool) -> Result<Sender, UpstreamError>
+    async fn start<I>(
+        &self,
+        side: &ClientSide,
+        io: I,
+        slot: Slot,
+        http2: bool,
+    ) -> Result<Sender, UpstreamError>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if http2 {
-            let header_list = u32::try_from(self.config.max_response_header_bytes);
+            let header_list = u32::try_from(side.config.max_response_header_bytes);
             let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(header_list.unwrap_or(u32::MAX))
@@ -405,7 +492,7 @@ impl UpstreamClient {
         }
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .max_headers(200)
-            .max_header_size(self.config.max_response_header_bytes)
+            .max_header_size(side.config.max_response_header_bytes)
             .handshake(TokioIo::new(io))
             .await
             .map_err(UpstreamError::Protocol)?;
@@ -420,21 +507,23 @@ impl UpstreamClient {
 
     async fn retry(
         &self,
+        side: &ClientSide,
         key: &PoolKey,
         target: &Target,
         lease: &mut Lease,
         req: Request<SentBody>,
     ) -> Result<Response<Incoming>, Failure> {
         debug!(authority = %target.authority, "retrying on a fresh connection");
-        match self.lease(key, target, Use::Fresh).await {
+        match self.lease(side, key, target, Use::Fresh).await {
             Ok(fresh) => *lease = fresh,
             Err(e) => return Err(Failure::Lease(e)),
         }
-        self.exchange(&mut lease.sender, target, req).await
+        self.exchange(side, &mut lease.sender, target, req).await
     }
 
     async fn exchange(
         &self,
+        side: &ClientSide,
         sender: &mut Sender,
         target: &Target,
         mut req: Request<SentBody>,
@@ -447,7 +536,7 @@ impl UpstreamClient {
             to_http1(&mut req);
         }
         let sent = req.body_mut().arm();
-        let limit = self.config.response_header_timeout;
+        let limit = side.config.response_header_timeout;
         let response = sender.try_send(req);
         tokio::select! {
             result = response => result.map_err(|mut e| match e.take_message() {
@@ -578,5 +667,22 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.incoming.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_numbers_or_absent() {
+        let port = |a: &'static str| port_of(&Authority::from_static(a));
+        assert_eq!(port("h:8080"), Ok(Some(8080)));
+        assert_eq!(port("h"), Ok(None));
+        assert_eq!(port("h:"), Ok(None));
+        assert_eq!(port("[::1]"), Ok(None));
+        assert_eq!(port("[::1]:443"), Ok(Some(443)));
+        assert!(port("127.0.0.1:65616").is_err());
+        assert!(port("h:0").is_err());
     }
 }

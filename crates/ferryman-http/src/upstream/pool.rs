@@ -57,6 +57,7 @@ pub(crate) struct PoolKey {
     https: bool,
     server_name: Option<Arc<str>>,
     outbound: u64,
+    tls_generation: u64,
 }
 
 impl Hash for PoolKey {
@@ -76,11 +77,14 @@ impl Hash for PoolKey {
             state.write(name.as_bytes());
         }
         state.write_u64(self.outbound);
+        state.write_u64(self.tls_generation);
     }
 }
 
 impl PoolKey {
-    pub(crate) fn new(target: &Target) -> Self {
+    /// `tls_generation` tells connections checked under other TLS
+    /// settings apart.
+    pub(crate) fn new(target: &Target, tls_generation: u64) -> Self {
         let outbound = target.connector.pool_key();
         if target.forwarding_proxy().is_some() {
             // Connections to a forwarding proxy serve every host.
@@ -90,6 +94,7 @@ impl PoolKey {
                 https: false,
                 server_name: None,
                 outbound,
+                tls_generation,
             };
         }
         Self {
@@ -98,6 +103,7 @@ impl PoolKey {
             https: target.https,
             server_name: target.server_name.clone(),
             outbound,
+            tls_generation,
         }
     }
 }
@@ -368,7 +374,7 @@ mod tests {
     #[tokio::test]
     async fn cap_makes_checkout_wait_for_a_freed_slot() {
         let pool = Pool::new(1, 4, Duration::from_secs(60));
-        let key = PoolKey::new(&target("Example"));
+        let key = PoolKey::new(&target("Example"), 0);
         let soon = Instant::now() + Duration::from_millis(50);
         let Some(Checkout::Open(first)) = pool.checkout(&key, true, soon).await else {
             panic!("first checkout opens");
@@ -388,7 +394,7 @@ mod tests {
         };
         drop(first);
         assert!(waiter.await.unwrap(), "a freed slot wakes the waiter");
-        let same = PoolKey::new(&target("example:80"));
+        let same = PoolKey::new(&target("example:80"), 0);
         assert_eq!(pool.idle_count(&same), 0);
     }
 }

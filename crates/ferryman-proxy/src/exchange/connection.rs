@@ -24,6 +24,7 @@ use super::local;
 use super::witness::Witness;
 use crate::context::Worker;
 use crate::session::SessionGuard;
+use crate::ProxyConfig;
 
 /// The HTTP version a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +48,13 @@ pub(crate) trait Route: Send + Sync + 'static {
     ) -> impl Future<Output = Response<ProxyBody>> + Send;
 }
 
-/// Serves `io` (whose session is `parent`) until the client is done; `tls`
-/// is what the handshake said when `io` is intercepted TLS.
+/// Serves `io` (whose session is `parent`) until the client is done, with
+/// `config`'s limits; `tls` is what the handshake said when `io` is
+/// intercepted TLS.
 pub(crate) async fn serve<IO, R>(
     io: IO,
     protocol: Protocol,
+    config: &ProxyConfig,
     worker: Arc<Worker>,
     parent: Arc<SessionGuard>,
     tls: Option<TlsFacts>,
@@ -60,7 +63,6 @@ pub(crate) async fn serve<IO, R>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     R: Route,
 {
-    let config = worker.shared.config.clone();
     let stops = Stops {
         stopping: worker.shared.stopping.clone(),
         hard_stop: worker.shared.hard_stop.clone(),

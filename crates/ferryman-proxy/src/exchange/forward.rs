@@ -21,16 +21,19 @@ use super::tunnel;
 use super::witness::Witness;
 use crate::context::Worker;
 
-/// Sends `req` to `target` for a client at `client` and relays the answer.
+/// Sends `req` to `target` for a client at `client` (added to
+/// `X-Forwarded-For` with `x_forwarded_for`) and relays the answer.
 pub(crate) async fn exchange(
     worker: &Arc<Worker>,
     client: IpAddr,
+    x_forwarded_for: bool,
     mut req: Request<Incoming>,
     target: Target,
     witness: &Arc<Witness>,
 ) -> Response<ProxyBody> {
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let client = x_forwarded_for.then_some(client);
     let (upstream_req, gate) =
         upstream_request(worker, client, req, &target.authority, upgrade, witness);
     let result = worker.upstream.send(&target, upstream_req).await;
@@ -53,7 +56,7 @@ pub(crate) async fn exchange(
 /// until the returned gate opens.
 fn upstream_request(
     worker: &Worker,
-    client: IpAddr,
+    forwarded_for: Option<IpAddr>,
     req: Request<Incoming>,
     authority: &Authority,
     upgrade: bool,
@@ -79,9 +82,8 @@ fn upstream_request(
             parts.headers.insert(HOST, value);
         }
     }
-    let shared = &worker.shared;
-    shared.via.append(&mut parts.headers, parts.version);
-    if shared.x_forwarded_for {
+    worker.shared.via.append(&mut parts.headers, parts.version);
+    if let Some(client) = forwarded_for {
         append_forwarded_for(&mut parts.headers, client);
     }
     parts.uri = origin_form(&parts.uri);

@@ -4,6 +4,8 @@ use ferryman_http::{body, ProxyBody};
 use http::header::{HeaderValue, CONTENT_TYPE, PROXY_AUTHENTICATE};
 use http::{Response, StatusCode};
 
+use crate::outbound::{Answer, Refusal};
+
 /// A short plain-text answer with a one-line reason.
 pub(crate) fn text(status: StatusCode, reason: impl std::fmt::Display) -> Response<ProxyBody> {
     let mut response = Response::new(body::full(format!("{reason}\n")));
@@ -45,4 +47,25 @@ pub(crate) fn about(path: &str, proxy_host: &str) -> Response<ProxyBody> {
             env!("CARGO_PKG_VERSION")
         ),
     )
+}
+
+/// A request refused by the policy: the status, and a short page naming
+/// the rule so the person who sees it knows what to change.
+pub(crate) fn refused(refusal: &Refusal, outbound: &str, rule: &str) -> Response<ProxyBody> {
+    let reason = refusal
+        .message
+        .as_deref()
+        .unwrap_or("refused by ferryman's rules");
+    text(
+        refusal.status,
+        format_args!("{reason}\n(rule {rule}, outbound {outbound})"),
+    )
+}
+
+/// A response configured to be given instead of forwarding.
+pub(crate) fn answered(answer: &Answer) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(answer.body.clone()));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers.clone();
+    response
 }

@@ -1,4 +1,6 @@
-//! Byte tunnels: CONNECT, and connections that switched protocols (101).
+//! Byte tunnels: the two sides of a CONNECT, relaying bytes between them
+//! (socket to socket in the kernel where both are plain sockets), and
+//! connections that switched protocols (101).
 
 use std::sync::Arc;
 
@@ -6,8 +8,7 @@ use ferryman_http::body;
 use ferryman_http::upstream::Conn;
 use ferryman_http::{ProxyBody, Target};
 use http::header::{HeaderValue, CONNECTION};
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::Response;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -16,8 +17,8 @@ use tracing::debug;
 
 use super::counted::{Counted, UpgradeMeter};
 use super::guard::FramingGuard;
+use super::local;
 use super::witness::Witness;
-use super::{carry, intercept, local, Contents};
 use crate::context::{Shared, Worker};
 use crate::session::{Kind, SessionGuard};
 
@@ -29,44 +30,26 @@ const TUNNEL_BUFFER: usize = 64 * 1024;
 /// copy straight between sockets.
 pub(crate) type ClientIo = TokioIo<FramingGuard<Counted<TcpStream>>>;
 
-/// Answers CONNECT only once the upstream TCP connection is up, then splices.
-pub(crate) async fn connect(
-    worker: &Arc<Worker>,
-    req: Request<Incoming>,
-    witness: &Arc<Witness>,
-) -> Response<ProxyBody> {
-    let Some((authority, host, port)) = req
-        .uri()
-        .authority()
-        .and_then(|a| Some((a.clone(), a.host().to_string(), a.port_u16()?)))
-    else {
-        return refuse(local::text(
-            StatusCode::BAD_REQUEST,
-            "CONNECT needs a host:port target",
-        ));
-    };
-    let connector = &worker.shared.direct;
-    let upstream = match worker.upstream.connect(connector, &host, port).await {
-        Ok(stream) => stream,
+/// The upstream side of a tunnel to `target`; on failure, the answer the
+/// client gets (which closes its connection).
+pub(crate) async fn open(
+    worker: &Worker,
+    target: &Target,
+    witness: &Witness,
+) -> Result<Conn, Response<ProxyBody>> {
+    let (host, port) = (target.authority.host(), target.port());
+    match worker.upstream.connect(&target.connector, host, port).await {
+        Ok(stream) => Ok(stream),
         Err(e) => {
-            debug!(error = %e, %host, port, "CONNECT failed");
+            debug!(error = %e, %host, port, "tunnel failed");
             witness.fail(&e);
-            return refuse(local::text(e.status(), e));
+            Err(refuse(local::text(e.status(), e)))
         }
-    };
-    let on_client = hyper::upgrade::on(req);
-    let witness = witness.clone();
-    witness.set_kind(Kind::Tunnel);
-    let tunnel_worker = worker.clone();
-    spawn_until_stopped(&worker.shared, witness.clone(), async move {
-        match on_client.await {
-            Ok(upgraded) => {
-                let target = Target::http(authority, tunnel_worker.shared.direct.clone());
-                tunnel(tunnel_worker, upgraded, upstream, target, witness).await
-            }
-            Err(e) => debug!(error = %e, "client left before the tunnel opened"),
-        }
-    });
+    }
+}
+
+/// The answer to a CONNECT whose tunnel is open.
+pub(crate) fn established() -> Response<ProxyBody> {
     let mut response = Response::new(body::empty());
     response
         .extensions_mut()
@@ -78,7 +61,7 @@ pub(crate) async fn connect(
 
 /// A refused CONNECT ends the connection: bytes the client may already have
 /// sent for the tunnel must never be read as HTTP.
-fn refuse(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+pub(crate) fn refuse(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
     response
         .headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -114,7 +97,7 @@ pub(crate) fn splice_upgrade(
 
 /// Runs a tunnel as a tracked task that ends, marked aborted, when the
 /// shutdown grace period is over or its session is closed.
-fn spawn_until_stopped(
+pub(crate) fn spawn_until_stopped(
     shared: &Shared,
     witness: Arc<Witness>,
     tunnel: impl std::future::Future<Output = ()> + Send + 'static,
@@ -130,48 +113,38 @@ fn spawn_until_stopped(
     });
 }
 
-/// A CONNECT tunnel: intercepted when the rules say so, else relayed; when
-/// the client connection is a plain socket, bytes move socket to socket
-/// inside the kernel (Linux), else through a copy loop.
-async fn tunnel(
-    worker: Arc<Worker>,
-    upgraded: Upgraded,
-    mut upstream: Conn,
-    target: Target,
-    witness: Arc<Witness>,
-) {
-    let session = witness.session().clone();
-    match upgraded.downcast::<ClientIo>() {
-        Ok(parts) => {
-            let socket = parts.io.into_inner().into_inner().into_inner();
-            // Bytes the client sent right behind its request head belong to
-            // the tunnel; the connection counted them when they were read.
-            let early = parts.read_buf;
-            session.adopt_bytes(early.len() as u64, 0);
-            let contents = match &worker.shared.interception {
-                Some(interception) if interception.intercepts(target.authority.host()) => {
-                    let tunnel = (socket, early, upstream, target);
-                    intercept::detect(&worker, interception, tunnel, &witness).await
-                }
-                _ => Contents::Bytes {
-                    client: socket,
-                    early,
-                    upstream,
-                },
-            };
-            carry(worker, contents, &witness).await
-        }
-        Err(upgraded) => {
-            // Not a plain socket (a tunnel inside a tunnel): its bytes are
-            // counted where that socket is.
-            let meter = UpgradeMeter {
-                session,
-                taps: None,
-            };
-            let mut client = Counted::new(TokioIo::new(upgraded), meter);
-            record(pump(&mut client, &mut upstream).await.map(|_| ()), &witness)
+/// The client's side of a tunnel, once its connection is handed over.
+pub(crate) enum ClientSide {
+    /// A plain socket, and the bytes the client sent right behind its
+    /// request head (counted for the connection, adopted by the tunnel).
+    Socket(TcpStream, bytes::Bytes),
+    /// Not a plain socket: a tunnel inside a tunnel.
+    Other(Upgraded),
+}
+
+impl ClientSide {
+    pub(crate) fn of(upgraded: Upgraded, witness: &Witness) -> Self {
+        match upgraded.downcast::<ClientIo>() {
+            Ok(parts) => {
+                let socket = parts.io.into_inner().into_inner().into_inner();
+                let early = parts.read_buf;
+                witness.session().adopt_bytes(early.len() as u64, 0);
+                ClientSide::Socket(socket, early)
+            }
+            Err(upgraded) => ClientSide::Other(upgraded),
         }
     }
+}
+
+/// Relays a tunnel whose client side is not a plain socket; its bytes are
+/// counted where that socket is.
+pub(crate) async fn relay_upgraded(upgraded: Upgraded, mut upstream: Conn, witness: &Witness) {
+    let meter = UpgradeMeter {
+        session: witness.session().clone(),
+        taps: None,
+    };
+    let mut client = Counted::new(TokioIo::new(upgraded), meter);
+    record(pump(&mut client, &mut upstream).await.map(|_| ()), witness)
 }
 
 /// Relays `early` (bytes already read from the client and counted) and
@@ -208,56 +181,4 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUFFER, TUNNEL_BUFFER).await
-}
-
-/// A stream that first yields bytes already read from it.
-pub(crate) struct Prefixed<T> {
-    prefix: bytes::Bytes,
-    inner: T,
-}
-
-impl<T> Prefixed<T> {
-    pub(crate) fn new(prefix: bytes::Bytes, inner: T) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.prefix.is_empty() {
-            return std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.prefix.len().min(buf.remaining());
-        let head = self.prefix.split_to(n);
-        buf.put_slice(&head);
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }

@@ -61,6 +61,14 @@ impl Witness {
         &self.session
     }
 
+    /// The way out the policy chose, and the rule that chose it.
+    pub(crate) fn routed(&self, outbound: &Arc<str>, rule: &Arc<str>) {
+        self.session.set_route(outbound, rule);
+        if let Some(recorder) = &self.recorder {
+            recorder.route(outbound, rule);
+        }
+    }
+
     pub(crate) fn set_kind(&self, kind: Kind) {
         self.session.set_kind(kind);
     }

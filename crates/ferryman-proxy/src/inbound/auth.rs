@@ -1,3 +1,6 @@
+//! Who may use the proxy: Basic credentials (RFC 7617), the same pairs for
+//! every inbound that authenticates.
+
 use base64::Engine;
 use http::header::{HeaderMap, PROXY_AUTHORIZATION};
 
@@ -13,8 +16,9 @@ impl ProxyAuth {
         })
     }
 
-    pub(crate) fn allows(&self, headers: &HeaderMap) -> bool {
-        let Some(credentials) = headers
+    /// The user whose Basic `Proxy-Authorization` is accepted, if any.
+    pub(crate) fn user(&self, headers: &HeaderMap) -> Option<String> {
+        let credentials = headers
             .get(PROXY_AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
@@ -23,13 +27,16 @@ impl ProxyAuth {
                 base64::engine::general_purpose::STANDARD
                     .decode(b64.trim())
                     .ok()
-            })
-        else {
-            return false;
-        };
+            })?;
+        let (user, _) = std::str::from_utf8(&credentials).ok()?.split_once(':')?;
+        self.accepts(&credentials).then(|| user.to_string())
+    }
+
+    /// Whether `user:password` is one of the accepted pairs.
+    pub(crate) fn accepts(&self, credentials: &[u8]) -> bool {
         // Check every entry so the time taken says nothing about which matched.
         self.accepted.iter().fold(false, |found, pair| {
-            found | constant_time_eq(pair, &credentials)
+            found | constant_time_eq(pair, credentials)
         })
     }
 }
@@ -56,13 +63,20 @@ mod tests {
     fn basic_credentials() {
         let auth = ProxyAuth::new(&["alice:s3cret".into()]).unwrap();
         // "alice:s3cret"
-        assert!(auth.allows(&with("Basic YWxpY2U6czNjcmV0")));
-        assert!(auth.allows(&with("basic YWxpY2U6czNjcmV0")));
+        assert_eq!(
+            auth.user(&with("Basic YWxpY2U6czNjcmV0")).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            auth.user(&with("basic YWxpY2U6czNjcmV0")).as_deref(),
+            Some("alice")
+        );
         // "alice:wrong"
-        assert!(!auth.allows(&with("Basic YWxpY2U6d3Jvbmc=")));
-        assert!(!auth.allows(&with("Bearer YWxpY2U6czNjcmV0")));
-        assert!(!auth.allows(&with("Basic !!!")));
-        assert!(!auth.allows(&HeaderMap::new()));
+        assert_eq!(auth.user(&with("Basic YWxpY2U6d3Jvbmc=")), None);
+        assert_eq!(auth.user(&with("Bearer YWxpY2U6czNjcmV0")), None);
+        assert_eq!(auth.user(&with("Basic !!!")), None);
+        assert_eq!(auth.user(&HeaderMap::new()), None);
+        assert!(auth.accepts(b"alice:s3cret") && !auth.accepts(b"alice:s3cre"));
         assert!(ProxyAuth::new(&[]).is_none());
     }
 }

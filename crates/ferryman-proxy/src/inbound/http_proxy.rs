@@ -1,25 +1,39 @@
 //! The HTTP proxy inbound: what a request to the proxy port is. A request
 //! in absolute form is forwarded, a CONNECT opens a tunnel, anything else
-//! gets a short page about using the proxy; authentication and loop checks
-//! come first.
+//! gets a short page about using the proxy; authentication and the loop
+//! check come first, then the policy decides where it goes.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ferryman_http::upstream::port_of;
 use ferryman_http::{ProxyBody, Target};
 use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tracing::debug;
 
-use crate::context::Worker;
+use super::routing::{decide, follow, Origin};
+use super::tunnels::{self, Plan};
+use crate::context::{Settings, Worker};
 use crate::exchange::connection::Route;
+use crate::exchange::local;
+use crate::exchange::tunnel::{self, ClientSide};
 use crate::exchange::witness::Witness;
-use crate::exchange::{forward, local, tunnel};
-use crate::session::SessionGuard;
+use crate::outbound::Way;
+use crate::session::{Kind, SessionGuard};
+
+/// What rules call this inbound.
+pub(crate) const INBOUND: &str = "http";
 
 /// The route of a client connection to the proxy.
 pub(crate) struct ProxyRoute {
     pub(crate) worker: Arc<Worker>,
     pub(crate) connection: Arc<SessionGuard>,
+    /// The settings in force when the connection was accepted.
+    pub(crate) settings: Arc<Settings>,
+    /// The address the client reached the proxy at.
+    pub(crate) local: SocketAddr,
 }
 
 impl Route for ProxyRoute {
@@ -29,23 +43,29 @@ impl Route for ProxyRoute {
 
     async fn route(&self, req: Request<Incoming>, witness: &Arc<Witness>) -> Response<ProxyBody> {
         let is_proxy_request = req.method() == Method::CONNECT || req.uri().authority().is_some();
-        let shared = &self.worker.shared;
         if !is_proxy_request {
-            return local::about(req.uri().path(), &shared.listen.to_string());
+            return local::about(req.uri().path(), &self.local.to_string());
         }
-        if let Some(auth) = &shared.auth {
-            if !auth.allows(req.headers()) {
-                return local::auth_required();
-            }
-        }
-        if shared.via.seen_in(req.headers()) {
+        let user = match &self.settings.auth {
+            Some(auth) => match auth.user(req.headers()) {
+                Some(user) => Some(Arc::from(user)),
+                None => return local::auth_required(),
+            },
+            None => None,
+        };
+        if self.worker.shared.via.seen_in(req.headers()) {
             return local::text(
                 StatusCode::LOOP_DETECTED,
                 "this request already went through this proxy",
             );
         }
+        let origin = Origin {
+            inbound: INBOUND,
+            client: self.connection.client().ip(),
+            user,
+        };
         if req.method() == Method::CONNECT {
-            return tunnel::connect(&self.worker, req, witness).await;
+            return self.connect(origin, req, witness).await;
         }
         let https = match req.uri().scheme() {
             Some(scheme) if *scheme == Scheme::HTTP => false,
@@ -60,13 +80,85 @@ impl Route for ProxyRoute {
         let Some(authority) = req.uri().authority().cloned() else {
             return local::text(StatusCode::BAD_REQUEST, "request target has no host");
         };
-        let direct = shared.direct.clone();
-        let target = if https {
-            Target::https(authority, direct)
-        } else {
-            Target::http(authority, direct)
+        let port = match port_of(&authority) {
+            Ok(port) => port.unwrap_or(if https { 443 } else { 80 }),
+            Err(e) => return local::text(StatusCode::BAD_REQUEST, e),
         };
-        let client = self.connection.client().ip();
-        forward::exchange(&self.worker, client, req, target, witness).await
+        let facts = origin.facts(
+            authority.host(),
+            port,
+            Some(req.method().as_str()),
+            Some(req.uri().path()),
+        );
+        let verdict = decide(&self.settings, &self.worker, facts).await;
+        let target = |connector| {
+            let target = Target::http(authority, connector);
+            Target { https, ..target }
+        };
+        follow(&self.worker, &self.settings, verdict, req, target, witness).await
+    }
+}
+
+impl ProxyRoute {
+    /// Answers CONNECT once the tunnel's upstream side is open (or says why
+    /// it cannot be), then carries the tunnel in a task of its own.
+    async fn connect(
+        &self,
+        origin: Origin,
+        req: Request<Incoming>,
+        witness: &Arc<Witness>,
+    ) -> Response<ProxyBody> {
+        let Some((authority, port)) = req
+            .uri()
+            .authority()
+            .and_then(|a| Some((a.clone(), port_of(a).ok()??)))
+        else {
+            return tunnel::refuse(local::text(
+                StatusCode::BAD_REQUEST,
+                "CONNECT needs a host:port target",
+            ));
+        };
+        let facts = origin.facts(authority.host(), port, Some("CONNECT"), None);
+        let verdict = decide(&self.settings, &self.worker, facts).await;
+        let outbound = verdict.outbound;
+        witness.routed(&outbound.name, verdict.rule);
+        let connector = match &outbound.way {
+            Way::Connect(connector) => connector.clone(),
+            Way::Refuse(refusal) => {
+                return tunnel::refuse(local::refused(refusal, &outbound.name, verdict.rule))
+            }
+            Way::Answer(_) => {
+                let refusal = crate::outbound::Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    message: Some("this outbound answers HTTP requests, not tunnels".into()),
+                };
+                return tunnel::refuse(local::refused(&refusal, &outbound.name, verdict.rule));
+            }
+        };
+        let plan = Plan {
+            settings: self.settings.clone(),
+            origin,
+            target: Target::http(authority, connector),
+            intercept: verdict.intercept,
+        };
+        let upstream = match tunnel::open(&self.worker, &plan.target, witness).await {
+            Ok(upstream) => upstream,
+            Err(refused) => return refused,
+        };
+        let on_client = hyper::upgrade::on(req);
+        let witness = witness.clone();
+        witness.set_kind(Kind::Tunnel);
+        let worker = self.worker.clone();
+        let shared = &self.worker.shared;
+        tunnel::spawn_until_stopped(shared, witness.clone(), async move {
+            match on_client.await {
+                Ok(upgraded) => {
+                    let client = ClientSide::of(upgraded, &witness);
+                    tunnels::run(worker, plan, client, upstream, witness).await
+                }
+                Err(e) => debug!(error = %e, "client left before the tunnel opened"),
+            }
+        });
+        tunnel::established()
     }
 }

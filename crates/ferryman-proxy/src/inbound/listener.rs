@@ -6,28 +6,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
+use arc_swap::ArcSwap;
 use ferryman_capture::Capture;
 use ferryman_http::headers::Via;
-use ferryman_http::upstream::Connector;
-use ferryman_http::{UpstreamClient, UpstreamConfig};
+use ferryman_http::{UpstreamClient, UpstreamConfig, UpstreamSettings};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::auth::ProxyAuth;
 use super::http_proxy::ProxyRoute;
+use super::limit::{Limit, Permit};
 use super::workers::{Assigned, WorkerThread};
-use crate::context::{Shared, Worker};
+use crate::context::{Settings, Shared, Worker};
 use crate::exchange::connection::{self, Protocol};
 use crate::exchange::counted::Counted;
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
-use crate::outbound::dial::{OwnAddrs, Source};
-use crate::outbound::direct::Direct;
+use crate::outbound::dial::OwnAddrs;
+use crate::outbound::Env;
+use crate::policy::Policy;
 use crate::session::Sessions;
 use crate::ProxyConfig;
 
@@ -42,11 +45,7 @@ pub struct Observers {
 
 /// A bound forward-proxy listener, not yet serving.
 pub struct ForwardProxy {
-    listener: std::net::TcpListener,
-    shared: Arc<Shared>,
-    config: Arc<ProxyConfig>,
-    upstream: UpstreamConfig,
-    upstream_tls: Arc<rustls::ClientConfig>,
+    control: Control,
 }
 
 /// A serving proxy; dropping it does not stop it, [`RunningProxy::shutdown`] does.
@@ -57,9 +56,23 @@ pub struct RunningProxy {
     task: JoinHandle<()>,
 }
 
+/// Changes a proxy's configuration while it runs.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
+    upstream: Arc<UpstreamSettings>,
+    /// The listening socket; every worker accepts on a duplicate of it.
+    /// Replaced when `proxy.listen` changes, emptied at shutdown.
+    listener: Arc<watch::Sender<Option<Arc<std::net::TcpListener>>>>,
+    /// The address asked for (port 0 stays 0) and the one bound.
+    bound: Arc<Mutex<(SocketAddr, SocketAddr)>>,
+}
+
 impl ForwardProxy {
     /// `upstream_tls` says how to check servers reached over https.
-    /// With `interception`, CONNECT tunnels are intercepted as its rules say.
+    /// With `interception`, CONNECT tunnels are intercepted as the policy
+    /// says; the policy is the standard one (everything direct, every
+    /// tunnel intercepted) until [`Control::apply`] sets another.
     /// Bind once the metrics recorder is installed: the proxy registers
     /// the series it records here, and those of each worker's upstream
     /// client when it starts serving.
@@ -70,72 +83,68 @@ impl ForwardProxy {
         interception: Option<Interception>,
         observers: Observers,
     ) -> std::io::Result<Self> {
-        let listener = std::net::TcpListener::bind(config.listen)?;
-        listener.set_nonblocking(true)?;
+        let listener = bind_listener(config.listen)?;
         let listen = listener.local_addr()?;
         let own = OwnAddrs::default();
         own.add(listen);
-        let direct: Connector = Arc::new(Direct::new("direct", Source::default(), own.clone()));
+        let policy = Policy::standard(&Env {
+            own: own.clone(),
+            tls: upstream_tls.clone(),
+        });
         let shared = Arc::new(Shared {
-            auth: ProxyAuth::new(&config.auth),
+            settings: ArcSwap::from_pointee(Settings::new(config.clone(), policy)),
             via: via(),
-            x_forwarded_for: config.x_forwarded_for,
-            listen,
             tasks: TaskTracker::new(),
             hard_stop: CancellationToken::new(),
-            connections: Arc::new(Semaphore::new(config.connection_limit())),
+            connections: Limit::new(config.connection_limit()),
             interception: interception.map(Arc::new),
-            config: Arc::new(config.clone()),
             stopping: CancellationToken::new(),
             sessions: observers.sessions,
             capture: observers.capture,
             requests: RequestCounters::new(),
             own,
-            direct,
+            tls: ArcSwap::new(upstream_tls.clone()),
         });
         Ok(Self {
-            listener,
-            shared,
-            config: Arc::new(config),
-            upstream,
-            upstream_tls,
+            control: Control {
+                shared,
+                upstream: UpstreamSettings::new(upstream, upstream_tls),
+                listener: Arc::new(watch::Sender::new(Some(Arc::new(listener)))),
+                bound: Arc::new(Mutex::new((config.listen, listen))),
+            },
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.listen
+        self.control.local_addr()
     }
 
-    /// Another address of this process (the admin listener's): requests to
-    /// it are refused as loops, like those to the proxy itself.
-    pub fn also_own(&self, addr: SocketAddr) {
-        self.shared.own.add(addr);
-    }
-
-    /// Interception, to change its rules while running.
-    pub fn interception(&self) -> Option<Arc<Interception>> {
-        self.shared.interception.clone()
+    /// Changes the configuration while the proxy runs.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     pub fn sessions(&self) -> &Sessions {
-        &self.shared.sessions
+        &self.control.shared.sessions
     }
 
     /// Serves on the current runtime until `shutdown` is cancelled, then
     /// stops accepting, lets in-flight exchanges and tunnels finish for up to
     /// `grace`, and returns.
     pub async fn run(self, shutdown: CancellationToken, grace: Duration) -> std::io::Result<()> {
-        info!(listen = %self.shared.listen, workers = 1, "forward proxy listening");
+        info!(listen = %self.local_addr(), workers = 1, "forward proxy listening");
         let workers = [self.worker(0, Handle::current())];
-        self.serve_here(0, workers.into(), shutdown, grace).await
+        self.control
+            .serve_here(0, workers.into(), shutdown, grace)
+            .await
     }
 
     /// Worker `n`, running on `runtime`; call it inside that runtime, where
     /// the upstream pool starts its reaper.
     fn worker(&self, n: usize, runtime: Handle) -> Arc<WorkerThread> {
         let worker = Arc::new(Worker {
-            upstream: UpstreamClient::new(self.upstream.clone(), self.upstream_tls.clone()),
-            shared: self.shared.clone(),
+            upstream: UpstreamClient::new(self.control.upstream.clone()),
+            shared: self.control.shared.clone(),
         });
         WorkerThread::new(n, runtime, worker)
     }
@@ -149,7 +158,7 @@ impl ForwardProxy {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> std::io::Result<()> {
-        info!(listen = %self.shared.listen, workers, "forward proxy listening");
+        info!(listen = %self.local_addr(), workers, "forward proxy listening");
         let runtimes = (0..workers.max(1))
             .map(|_| {
                 tokio::runtime::Builder::new_current_thread()
@@ -167,21 +176,18 @@ impl ForwardProxy {
             .collect();
         let mut threads = Vec::with_capacity(runtimes.len());
         for (n, runtime) in runtimes.into_iter().enumerate() {
-            let worker = ForwardProxy {
-                listener: self.listener.try_clone()?,
-                shared: self.shared.clone(),
-                config: self.config.clone(),
-                upstream: self.upstream.clone(),
-                upstream_tls: self.upstream_tls.clone(),
-            };
+            let control = self.control.clone();
             let shutdown = shutdown.clone();
             let pool = pool.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ferryman-{n}"))
-                    .spawn(move || runtime.block_on(worker.serve_here(n, pool, shutdown, grace)))?,
+                    .spawn(move || {
+                        runtime.block_on(control.serve_here(n, pool, shutdown, grace))
+                    })?,
             );
         }
+        drop(self);
         for thread in threads {
             match thread.join() {
                 Ok(result) => result?,
@@ -208,6 +214,66 @@ impl ForwardProxy {
             task,
         }
     }
+}
+
+impl Control {
+    /// What connectors compiled for this proxy need: its own addresses
+    /// (the loop guard) and its upstream TLS checks.
+    pub fn env(&self) -> Env {
+        Env {
+            own: self.shared.own.clone(),
+            tls: self.shared.tls.load_full(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.shared.settings.load_full()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.bound.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// Another address of this process (the admin listener's): requests to
+    /// it are refused as loops, like those to the proxy itself.
+    pub fn also_own(&self, addr: SocketAddr) {
+        self.shared.own.add(addr);
+    }
+
+    /// Puts `settings` in force for the connections accepted from now on;
+    /// those already open keep theirs. A changed `proxy.listen` is bound
+    /// first, and the old listener closes once the new one accepts; if it
+    /// cannot be bound, nothing changes and the error says why.
+    pub fn apply(&self, settings: Settings) -> Result<(), String> {
+        let wanted = settings.proxy.listen;
+        let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        if wanted != bound.0 {
+            let listener = bind_listener(wanted)
+                .and_then(|l| l.local_addr().map(|addr| (l, addr)))
+                .map_err(|e| format!("proxy.listen: cannot listen on {wanted}: {e}"))?;
+            let (listener, addr) = listener;
+            self.shared.own.replace(bound.1, addr);
+            self.listener.send_replace(Some(Arc::new(listener)));
+            info!(listen = %addr, was = %bound.1, "forward proxy listening");
+            *bound = (wanted, addr);
+        }
+        self.shared
+            .connections
+            .resize(settings.proxy.connection_limit());
+        self.shared.settings.store(Arc::new(settings));
+        Ok(())
+    }
+
+    /// New upstream settings for the exchanges that start from now on;
+    /// with new `tls`, pooled connections checked under the old ones are
+    /// not reused and proxies reached over TLS are checked the new way.
+    pub fn set_upstream(&self, config: UpstreamConfig, tls: Option<Arc<rustls::ClientConfig>>) {
+        if let Some(tls) = &tls {
+            self.shared.tls.store(tls.clone());
+        }
+        self.upstream.set(config, tls);
+    }
 
     /// Accepts as worker `me` of `workers`, each connection served by the
     /// least busy of them.
@@ -218,35 +284,45 @@ impl ForwardProxy {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> std::io::Result<()> {
-        let listener = TcpListener::from_std(self.listener)?;
+        let mut moves = self.listener.subscribe();
+        let mut listener = accepting(&mut moves)?;
         let tasks = &self.shared.tasks;
         let mut saturated = false;
         loop {
             // At the connection limit, stop accepting: new clients wait in
             // the kernel's queue instead of exhausting file descriptors.
-            let permit = match self.shared.connections.clone().try_acquire_owned() {
-                Ok(permit) => {
+            let permit = match self.shared.connections.try_acquire() {
+                Some(permit) => {
                     saturated = false;
                     permit
                 }
-                Err(_) => {
+                None => {
                     if !saturated {
                         saturated = true;
-                        let limit = self.config.connection_limit();
+                        let limit = self.shared.connections.limit();
                         warn!(limit, "connection limit reached; new clients wait");
                     }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        permit = self.shared.connections.clone().acquire_owned() => match permit {
-                            Ok(permit) => permit,
-                            Err(_) => break,
+                        permit = self.shared.connections.acquire() => match permit {
+                            Some(permit) => permit,
+                            None => break,
                         },
                     }
                 }
             };
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => accepted,
+                moved = moves.changed() => {
+                    // The listener moved: accept on the new one from now on.
+                    if moved.is_ok() {
+                        if let Some(next) = accepting(&mut moves)? {
+                            listener = Some(next);
+                        }
+                    }
+                    continue;
+                }
+                accepted = accept(listener.as_ref()) => accepted,
             };
             match accepted {
                 Ok((stream, peer)) => {
@@ -281,7 +357,10 @@ impl ForwardProxy {
                 }
             }
         }
+        // Stop listening at once: a client that connects during the grace
+        // period is refused, not left waiting in a queue nobody reads.
         drop(listener);
+        self.listener.send_replace(None);
         self.shared.stopping.cancel();
         // Every worker thread gets here; the one that closes the tracker says so.
         if tasks.close() {
@@ -298,6 +377,31 @@ impl ForwardProxy {
             tasks.wait().await;
         }
         Ok(())
+    }
+}
+
+/// A listening socket ready for accepting on several threads.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// This worker's duplicate of the listening socket in force, if any.
+fn accepting(
+    moves: &mut watch::Receiver<Option<Arc<std::net::TcpListener>>>,
+) -> std::io::Result<Option<TcpListener>> {
+    let current = moves.borrow_and_update().clone();
+    current
+        .map(|listener| TcpListener::from_std(listener.try_clone()?))
+        .transpose()
+}
+
+/// Accepts on `listener`; without one (shut down), never.
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -326,12 +430,7 @@ enum Accepted {
     HandedOver(std::net::TcpStream),
 }
 
-async fn serve_assigned(
-    accepted: Accepted,
-    peer: SocketAddr,
-    assigned: Assigned,
-    permit: OwnedSemaphorePermit,
-) {
+async fn serve_assigned(accepted: Accepted, peer: SocketAddr, assigned: Assigned, permit: Permit) {
     let stream = match accepted {
         Accepted::Here(stream) => stream,
         Accepted::HandedOver(stream) => match TcpStream::from_std(stream) {
@@ -348,13 +447,29 @@ async fn serve_assigned(
 
 async fn serve(stream: TcpStream, peer: SocketAddr, worker: Arc<Worker>) {
     let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let settings = worker.shared.settings.load_full();
     let connection = worker.shared.sessions.connection(peer);
     let stream = Counted::new(stream, connection.clone());
+    let limits = settings.proxy.clone();
     let route = ProxyRoute {
         worker: worker.clone(),
         connection: connection.clone(),
+        settings,
+        local,
     };
-    connection::serve(stream, Protocol::Http1, worker, connection, None, route).await;
+    connection::serve(
+        stream,
+        Protocol::Http1,
+        &limits,
+        worker,
+        connection,
+        None,
+        route,
+    )
+    .await;
 }
 
 /// A `Via` entry unique to this process, so a request that comes back

@@ -25,6 +25,15 @@ const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 pub(crate) struct OwnAddrs(Arc<ArcSwap<Vec<SocketAddr>>>);
 
 impl OwnAddrs {
+    /// A listener moved from `old` to `new`.
+    pub(crate) fn replace(&self, old: SocketAddr, new: SocketAddr) {
+        self.0.rcu(|addrs| {
+            let mut addrs: Vec<SocketAddr> = addrs.iter().copied().filter(|a| *a != old).collect();
+            addrs.push(new);
+            addrs
+        });
+    }
+
     pub(crate) fn add(&self, addr: SocketAddr) {
         self.0.rcu(|addrs| {
             let mut addrs = Vec::clone(addrs);

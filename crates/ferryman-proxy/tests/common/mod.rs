@@ -75,7 +75,7 @@ pub async fn intercepting_proxy_observed(
 ) -> (RunningProxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ferryman_tls::CertificateAuthority::open(dir.path(), None, 100).expect("CA");
-    let interception = ferryman_proxy::Interception::new(std::sync::Arc::new(ca), rules);
+    let interception = ferryman_proxy::Interception::new(std::sync::Arc::new(ca));
     let tls = ferryman_tls::client_config(ca_files, insecure).expect("upstream TLS config");
     let proxy = ForwardProxy::bind(
         local_proxy_config(),
@@ -84,9 +84,19 @@ pub async fn intercepting_proxy_observed(
         Some(interception),
         observers,
     )
-    .expect("bind proxy")
-    .start(Duration::from_secs(5));
-    (proxy, dir)
+    .expect("bind proxy");
+    let spec = ferryman_proxy::PolicySpec {
+        outbounds: &[],
+        rules: &[],
+        intercept: &rules,
+        base: std::path::Path::new("."),
+    };
+    let control = proxy.control();
+    let policy = ferryman_proxy::Policy::compile(spec, &control.env()).expect("valid rules");
+    control
+        .apply(ferryman_proxy::Settings::new(local_proxy_config(), policy))
+        .expect("rules applied");
+    (proxy.start(Duration::from_secs(5)), dir)
 }
 
 fn local_proxy_config() -> ProxyConfig {

@@ -5,9 +5,8 @@
 //! exclude or a client that refuses the certificate, is opaque bytes.
 //! Detection returns what it found; serving it is the caller's business.
 
-mod rules;
-
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use ferryman_capture::TlsFacts;
 use ferryman_http::upstream::Conn;
@@ -20,16 +19,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
 use tracing::debug;
 
-use rules::Rules;
-pub use rules::{InterceptConfig, InterceptMode};
-
 use super::connection::Protocol;
 use super::counted::Counted;
-use super::tunnel::Prefixed;
 use super::witness::Witness;
 use super::{Contents, Inside, InsideIo};
 use crate::context::Worker;
 use crate::session::{Kind, Session};
+use ferryman_http::prefixed::Prefixed;
 
 /// Reads the ClientHello, keeping (and counting) every byte read in
 /// `bytes`; None when the client closes, sends something rustls cannot
@@ -75,35 +71,45 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// A ClientHello larger than this is not waited for; the tunnel stays plain.
 const MAX_CLIENT_HELLO: usize = 64 * 1024;
 
-/// Interception as configured: the CA that signs, and the rules.
+/// What interception needs besides the rules (which are the policy's):
+/// the CA that signs, and the hosts learnt to pass through because their
+/// clients refused ferryman's certificate. Both outlive any reload.
 pub struct Interception {
     ca: Arc<CertificateAuthority>,
-    /// Replaced whole when the admin API changes the rules.
-    rules: std::sync::RwLock<Arc<Rules>>,
+    learnt: Mutex<HashSet<String>>,
 }
 
 impl Interception {
-    pub fn new(ca: Arc<CertificateAuthority>, config: InterceptConfig) -> Self {
+    pub fn new(ca: Arc<CertificateAuthority>) -> Self {
         Self {
             ca,
-            rules: std::sync::RwLock::new(Arc::new(Rules::new(config))),
+            learnt: Mutex::default(),
         }
     }
 
-    /// Puts new rules in force for the CONNECTs that follow; hosts learnt
-    /// to pass through stay passed through.
-    pub fn set_rules(&self, config: InterceptConfig) {
-        let mut rules = self.rules.write().unwrap_or_else(|e| e.into_inner());
-        *rules = Arc::new(rules.replaced(config));
+    /// Whether a client once refused ferryman's certificate for `host`.
+    pub(crate) fn learnt_passthrough(&self, host: &str) -> bool {
+        let learnt = self.learnt.lock().unwrap_or_else(|e| e.into_inner());
+        !learnt.is_empty() && learnt.contains(&host.trim_end_matches('.').to_ascii_lowercase())
     }
 
-    fn rules(&self) -> Arc<Rules> {
-        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// A client refused ferryman's certificate for `host`: pass it through
+    /// from now on.
+    fn learn_passthrough(&self, host: &str) {
+        let mut learnt = self.learnt.lock().unwrap_or_else(|e| e.into_inner());
+        if learnt.insert(host.trim_end_matches('.').to_ascii_lowercase()) {
+            tracing::info!(%host, "a client rejected ferryman's certificate (pinning?); passing this host through from now on");
+        }
     }
+}
 
-    pub(crate) fn intercepts(&self, host: &str) -> bool {
-        self.rules().intercepts(host)
-    }
+/// How a tunnel's policy answers "look inside?" for a name learnt from the
+/// client's TLS handshake, and whether a refused certificate teaches it.
+pub(crate) struct LookInside<'a> {
+    pub(crate) intercepts: &'a (dyn Fn(&str) -> bool + Send + Sync),
+    pub(crate) auto_passthrough: bool,
+    /// How long a client may take to send its ClientHello.
+    pub(crate) hello_wait: std::time::Duration,
 }
 
 /// A tunnel's ends: the client socket, bytes already read from it, the
@@ -115,6 +121,7 @@ pub(crate) type Tunnel = (TcpStream, bytes::Bytes, Conn, Target);
 pub(crate) async fn detect(
     worker: &Worker,
     interception: &Interception,
+    look: LookInside<'_>,
     (socket, early, mut upstream, target): Tunnel,
     witness: &Witness,
 ) -> Contents {
@@ -141,7 +148,7 @@ pub(crate) async fn detect(
     let first = &first[..seen];
     if first.first() == Some(&TLS_HANDSHAKE) {
         let tunnel = (socket, early, upstream, target);
-        tls(worker, interception, tunnel, witness).await
+        tls(worker, interception, look, tunnel, witness).await
     } else if looks_like_http(first) {
         // Plain HTTP inside the tunnel: served here, sent to the target.
         witness.set_kind(Kind::InterceptedHttp);
@@ -197,6 +204,7 @@ fn looks_like_http(first: &[u8]) -> bool {
 async fn tls(
     worker: &Worker,
     interception: &Interception,
+    look: LookInside<'_>,
     (mut socket, early, upstream, target): Tunnel,
     witness: &Witness,
 ) -> Contents {
@@ -204,7 +212,7 @@ async fn tls(
     // Read the ClientHello ourselves, keeping its bytes, so the tunnel can
     // still be passed through untouched once we know what the client wants.
     let mut hello_bytes = early.to_vec();
-    let wait = worker.shared.config.client_idle_timeout;
+    let wait = look.hello_wait;
     let read_hello = read_client_hello(&mut socket, &mut hello_bytes, &session);
     let accepted = match tokio::time::timeout(wait, read_hello).await {
         Ok(Some(accepted)) => accepted,
@@ -236,7 +244,8 @@ async fn tls(
         SPOKEN.into_iter().filter(|p| offered.contains(p)).collect()
     });
     let understood = spoken.as_ref().is_none_or(|list| !list.is_empty());
-    if !understood || !interception.intercepts(&name) {
+    let inside = (look.intercepts)(&name) && !interception.learnt_passthrough(&name);
+    if !understood || !inside {
         witness.tls(&facts);
         return Contents::Bytes {
             client: socket,
@@ -303,8 +312,8 @@ async fn tls(
             })
         }
         Err(e) => {
-            if rejected_our_certificate(&e) {
-                interception.rules().rejected_by_client(&name);
+            if look.auto_passthrough && rejected_our_certificate(&e) {
+                interception.learn_passthrough(&name);
             }
             witness.tls(&facts);
             metrics::counter!("ferryman_tls_handshake_failures_total", "side" => "client")
