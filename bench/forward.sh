@@ -3,6 +3,7 @@
 # clients, all on loopback. Prints ferryman's figures as ratios to the direct
 # path measured in the same run. Needs: nginx, wrk, curl, python3.
 #   bench/forward.sh [seconds per wrk run, default 10]
+#   ONLY=rules bench/forward.sh   (just the 1,000-rule comparison; ROUNDS=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
@@ -99,6 +100,42 @@ to_ms() { python3 -c "import sys,re; v=sys.argv[1]; m=re.match(r'([0-9.]+)(us|ms
 # CPU ticks the whole machine spent busy (user, nice, system, irq, softirq).
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 requests() { awk '/requests in/ {print $1}' "$1"; }
+
+# 1,000 rules (domain suffixes and networks, none for the origin) and a
+# final catch-all: what a policy decision per request costs under load.
+python3 - > "$work/rules.toml" <<'PY'
+for i in range(999):
+    print("[[rules]]")
+    if i % 2 == 0:
+        print(f'domain_suffix = ["d{i}.site{i % 97}.test"]')
+    else:
+        print(f'ip_cidr = ["10.{(i // 256) % 256}.{i % 256}.0/24"]')
+    print('outbound = "reject"')
+print('[[rules]]\noutbound = "direct"')
+PY
+
+if [ "${ONLY:-}" = "" ] || [ "${ONLY:-}" = "rules" ]; then
+echo "== 1 KiB GET through ferryman with no rules and with 1,000 (access log off; ${ROUNDS:=3} interleaved rounds of ${DURATION}s)"
+: > "$work/rules.rounds"
+for round in $(seq "$ROUNDS"); do
+  RUST_LOG=warn start_ferryman
+  wrk -t2 -c$CONNS -d"${DURATION}s" -s "$work/absolute.lua" "http://127.0.0.1:$ferry_port/" > "$work/none.txt"
+  stop_ferryman
+  RUST_LOG=warn start_ferryman -c "$work/rules.toml"
+  wrk -t2 -c$CONNS -d"${DURATION}s" -s "$work/absolute.lua" "http://127.0.0.1:$ferry_port/" > "$work/thousand.txt"
+  stop_ferryman
+  echo "$(rps "$work/none.txt") $(rps "$work/thousand.txt")" >> "$work/rules.rounds"
+done
+python3 - "$work/rules.rounds" <<'PY'
+import statistics, sys
+rounds = [tuple(map(float, l.split())) for l in open(sys.argv[1])]
+for i, (none, thousand) in enumerate(rounds, 1):
+    print(f"round {i}: no rules {none:8.0f} req/s   1,000 rules {thousand:8.0f} req/s   ratio {thousand/none:.3f}")
+ratios = [t / n for n, t in rounds]
+print(f"RATIO 1,000 rules / no rules, median of {len(rounds)} rounds = {statistics.median(ratios):.3f}   (target: no worse, ~1.00)")
+PY
+[ "${ONLY:-}" = "rules" ] && exit 0
+fi
 
 echo "== 1 KiB GET, keep-alive, $CONNS connections, ${DURATION}s each (wrk -t2)"
 busy0=$(busy_ticks)

@@ -6,6 +6,7 @@
 # only while they run. Needs valgrind (apt-get install valgrind), nginx,
 # curl and python3.
 #   bench/instructions.sh [ferryman binary ...]   (default: a fresh release build)
+#   FERRYMAN_ARGS="-c rules.toml" bench/instructions.sh   (extra arguments for each run)
 # valgrind counts a `rep movsb` copy a byte at a time, so memcpy weighs more
 # here than on the CPU.
 set -euo pipefail
@@ -59,7 +60,7 @@ count() {
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.$port" \
     "$bin" --proxy-listen "127.0.0.1:$port" --admin-listen 127.0.0.1:0 --data-dir "$data" \
     --set workers=1 --set intercept.mode=$intercept --set capture.enabled=false \
-    --set "tls.upstream_ca_files=[\"$work/origin-ca.pem\"]" 2>/dev/null &
+    --set "tls.upstream_ca_files=[\"$work/origin-ca.pem\"]" ${FERRYMAN_ARGS:-} 2>/dev/null &
   local pid=$!
   pids+=("$pid")
   wait_for_long "$data/ca/ferryman-ca.pem"

@@ -183,6 +183,7 @@ function connectionRow(s, depth) {
   return el("tr", { class: s.state === "open" ? "" : "closed", "data-id": s.id },
     el("td", { style: `padding-left:${0.5 + depth * 1.2}em` }, depth ? `└ ${s.id}` : String(s.id)),
     el("td", {}, s.kind), el("td", {}, s.client), el("td", {}, s.target),
+    el("td", { title: s.rule ? `rule ${s.rule}` : "" }, s.outbound || ""),
     el("td", {}, clock(s.started_ms)), el("td", {}, s.state),
     el("td", {}, bytes(s.bytes_up + s.children_up)), el("td", {}, bytes(s.bytes_down + s.children_down)),
     el("td", {}, close));
@@ -278,6 +279,7 @@ async function openDetail(id) {
   const ms = (v) => (v == null ? "–" : `${v.toFixed(1)} ms`);
   $("detail-timing").textContent = `status ${response ? response.status : "none"} · sent ${ms(t.request_sent_ms)} · first byte ${ms(t.first_byte_ms)} · end ${ms(t.end_ms)}` +
     (record.tls ? ` · TLS ${record.tls.sni ?? ""} ${record.tls.alpn ?? ""}${record.tls.intercepted ? " (intercepted)" : ""}` : "") +
+    ` · via ${record.outbound}${record.rule ? ` (rule ${record.rule})` : ""}` +
     (record.error ? ` · error: ${record.error}` : "");
   headerTable($("request-headers"), record.request.headers);
   headerTable($("response-headers"), response && response.headers);

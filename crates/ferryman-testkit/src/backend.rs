@@ -77,6 +77,10 @@ pub fn event_stream() -> (
     (handler, feeds)
 }
 
+/// Where a request's connection came from, in the request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
 /// What reached the backend.
 #[derive(Default)]
 pub struct Seen {
@@ -128,7 +132,7 @@ impl Backend {
         let task = {
             let seen = seen.clone();
             tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
+                while let Ok((stream, peer)) = listener.accept().await {
                     seen.connections.fetch_add(1, Ordering::SeqCst);
                     open_tx.send_modify(|n| *n += 1);
                     let handler = handler.clone();
@@ -137,7 +141,8 @@ impl Backend {
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         let counted = seen.clone();
-                        let service = service_fn(move |req| {
+                        let service = service_fn(move |mut req: Request<Incoming>| {
+                            req.extensions_mut().insert(ClientAddr(peer));
                             counted.requests.fetch_add(1, Ordering::SeqCst);
                             let handler = handler.clone();
                             async move { Ok::<_, Infallible>(handler(req).await) }

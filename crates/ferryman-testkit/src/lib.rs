@@ -1,6 +1,7 @@
 //! Real servers and clients on 127.0.0.1 for ferryman's integration tests.
 
 pub mod backend;
+pub mod peers;
 pub mod raw;
 pub mod s3;
 pub mod tls;

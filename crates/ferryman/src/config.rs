@@ -228,7 +228,8 @@ impl Config {
             .map_err(|e| {
                 let key = e.path().to_string();
                 let shown = shown(&table, &key).unwrap_or_default();
-                refuse(format!("{key}{shown}: {}", e.inner()))
+                let reason = scrub(&table, &key, e.inner().to_string());
+                refuse(format!("{key}{shown}: {reason}"))
             })?;
         config.validate(&table)?;
         Ok(config)
@@ -341,6 +342,31 @@ fn redact_credentials(key: &str, value: &Value) -> Option<Value> {
     })
 }
 
+/// `reason` without the credentials the value at `key` holds: serde's
+/// messages quote the value they could not take.
+fn scrub(table: &Table, key: &str, mut reason: String) -> String {
+    let Some(value) = lookup(table, key) else {
+        return reason;
+    };
+    let Some(redacted) = redact_credentials(key, value) else {
+        return reason;
+    };
+    let strings = |v: &Value| -> Vec<String> {
+        match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(items) => items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    for (secret, shown) in strings(value).into_iter().zip(strings(&redacted)) {
+        reason = reason.replace(&secret, &shown);
+    }
+    reason
+}
+
 /// `user:password` as `user:<redacted>`.
 fn hide_password(pair: &str) -> String {
     match pair.split_once(':') {
@@ -349,22 +375,27 @@ fn hide_password(pair: &str) -> String {
     }
 }
 
+/// The value at a dotted key, where a part may index an array
+/// (`rules[2].outbound`).
 fn lookup<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
-    let mut parts = key.split('.');
-    let mut value = table.get(parts.next()?)?;
-    for part in parts {
-        value = match (
-            value,
-            part.strip_suffix(']').and_then(|p| p.split_once('[')),
-        ) {
-            (Value::Table(t), None) => t.get(part)?,
-            (Value::Table(t), Some((name, index))) => {
-                t.get(name)?.as_array()?.get(index.parse::<usize>().ok()?)?
-            }
-            _ => return None,
+    let mut value: Option<&Value> = None;
+    for part in key.split('.') {
+        let within = match value {
+            None => table,
+            Some(Value::Table(t)) => t,
+            Some(_) => return None,
         };
+        value = Some(
+            match part.strip_suffix(']').and_then(|p| p.split_once('[')) {
+                None => within.get(part)?,
+                Some((name, index)) => within
+                    .get(name)?
+                    .as_array()?
+                    .get(index.parse::<usize>().ok()?)?,
+            },
+        );
     }
-    Some(value)
+    value
 }
 
 #[cfg(test)]
@@ -372,9 +403,9 @@ mod tests {
     use super::*;
 
     fn load(text: &str, sets: &[&str]) -> Result<Config, String> {
-        let dir = std::env::temp_dir().join(format!("ferryman-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.toml", text.len() * 31 + sets.len()));
+        // A directory per call: tests run in parallel.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferryman.toml");
         std::fs::write(&path, text).unwrap();
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         Config::load(Some(&path), &sets).map_err(|e| e.to_string())
@@ -495,6 +526,40 @@ mod tests {
             &["admin.listen=0.0.0.0:8081", "admin.token=0123456789abcdef"]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn errors_show_values_in_arrays_of_tables_and_hide_passwords() {
+        let e = load(
+            "[proxy]\nlisten = \"0.0.0.0:9\"\nauth = [\"al:pw1\", \"bo\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("proxy.auth[1] = \"bo\": must be"), "{e}");
+        assert!(!e.contains("pw1"), "{e}");
+        let e = load("", &["proxy.auth=al:pw1"]).unwrap_err();
+        assert!(e.contains("proxy.auth = \"al:<redacted>\""), "{e}");
+        assert!(!e.contains("pw1"), "{e}");
+        let config = load(
+            "[[outbounds]]\nname = \"up\"\nkind = \"http\"\nurl = \"ftp://me:hunter2@h:1\"\n",
+            &[],
+        )
+        .unwrap();
+        let table = Config::table(
+            None,
+            &["outbounds=[{name=\"up\",kind=\"http\",url=\"ftp://me:hunter2@h:1\"}]".into()],
+        )
+        .unwrap();
+        let env = ferryman_proxy::Env::detached(config.upstream_tls().unwrap());
+        let e = config
+            .policy(&table, Path::new("."), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("outbounds[0].url = \"ftp://me:<redacted>@h:1\""),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
     }
 
     #[test]

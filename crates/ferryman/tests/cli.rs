@@ -364,3 +364,67 @@ async fn capture_threads_yield_the_cpu_to_the_traffic() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn route_explains_a_decision_and_check_config_reads_the_rule_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("corp.txt"), "+.corp.test\n10.20.0.0/16\n").unwrap();
+    let config = dir.path().join("ferryman.toml");
+    std::fs::write(
+        &config,
+        r#"
+        [intercept]
+        mode = "listed"
+        hosts = ["*.myapp.test"]
+
+        [[outbounds]]
+        name = "partner"
+        kind = "http"
+        url = "http://me:hunter2@127.0.0.1:3128"
+
+        [[rules]]
+        name = "office"
+        domain_list = ["corp.txt"]
+        outbound = "partner"
+
+        [[rules]]
+        user = ["guest"]
+        outbound = "reject"
+        "#,
+    )
+    .unwrap();
+    let file = config.to_str().unwrap();
+    let (code, out, err) = output(&["-c", file, "route", "https://a.corp.test/x"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        out,
+        "target:    GET a.corp.test:443/x\noutbound:  partner (http)\nrule:      office\nintercept: no (rule default)\n"
+    );
+    let (_, out, _) = output(&["-c", file, "route", "api.myapp.test:443", "--user", "guest"]).await;
+    assert!(
+        out.contains("outbound:  reject (reject)\nrule:      rules[1]\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("intercept: yes (rule intercept.hosts[0])"),
+        "{out}"
+    );
+    let (_, out, _) = output(&["-c", file, "route", "10.20.1.1:22", "--user", "alice"]).await;
+    assert!(
+        out.contains("CONNECT 10.20.1.1:22") && out.contains("rule:      office"),
+        "{out}"
+    );
+    let (code, _, err) = output(&["-c", file, "route", "gopher://x.test/"]).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("gopher:// URLs are not proxied"), "{err}");
+
+    std::fs::write(dir.path().join("corp.txt"), "+.corp.test\n\nnot/a name\n").unwrap();
+    let (code, _, err) = output(&["check-config", file]).await;
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("rules[0].domain_list[0] = \"corp.txt\": ")
+            && err.contains("corp.txt:3: \"not/a name\" is not a domain name"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

@@ -148,9 +148,10 @@ impl Target {
     }
 
     /// An HTTP proxy forwarding this request in absolute form, if that is
-    /// how it travels: plain HTTP through a connector that offers it.
-    fn forwarding_proxy(&self) -> Option<&dyn ForwardingProxy> {
-        (!self.https)
+    /// how it travels: plain HTTP through a connector that offers it. An
+    /// upgrade goes through a tunnel instead: few proxies relay a 101.
+    fn forwarding_proxy(&self, upgrade: bool) -> Option<&dyn ForwardingProxy> {
+        (!self.https && !upgrade)
             .then(|| self.connector.forwards_plain_http())
             .flatten()
     }
@@ -249,7 +250,7 @@ impl UpstreamClient {
     /// already shared. Tells whether the server chose HTTP/2.
     pub async fn adopt(&self, target: &Target, stream: Conn) -> Result<bool, UpstreamError> {
         let side = self.side();
-        let key = PoolKey::new(target, side.tls_generation);
+        let key = PoolKey::new(target, side.tls_generation, false);
         // The server already chose HTTP/2 on the connection every exchange
         // to it shares: that answer stands, and `stream` is not needed.
         if self.pool.shares_http2(&key) {
@@ -277,8 +278,8 @@ impl UpstreamClient {
         req: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let side = self.side();
-        let key = PoolKey::new(target, side.tls_generation);
         let upgrade = headers::wants_upgrade(req.headers());
+        let key = PoolKey::new(target, side.tls_generation, upgrade);
         let need = if upgrade { Use::Upgrade } else { Use::Pooled };
         let mut lease = self.lease(&side, &key, target, need).await?;
         // Replayable: nothing to resend but the head, resending is harmless,
@@ -311,6 +312,17 @@ impl UpstreamClient {
             other => other,
         };
         match attempt {
+            Ok(response)
+                if response.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED
+                    && target.forwarding_proxy(upgrade).is_some() =>
+            {
+                // The forwarding proxy refused ferryman's credentials: not
+                // the client's to answer, the configuration's to fix.
+                Err(UpstreamError::Outbound {
+                    outbound: target.connector.name().to_string(),
+                    reason: "the proxy answered 407 Proxy Authentication Required: check the credentials in its url".into(),
+                })
+            }
             Ok(response) => {
                 self.ttfb.record(sending.elapsed().as_secs_f64());
                 let ticket = (!upgrade && response.status() != StatusCode::SWITCHING_PROTOCOLS)
@@ -384,7 +396,7 @@ impl UpstreamClient {
     ) -> Result<Lease, UpstreamError> {
         metrics::counter!("ferryman_upstream_pool_total", "result" => "miss").increment(1);
         let started = Instant::now();
-        let stream = match target.forwarding_proxy() {
+        let stream = match target.forwarding_proxy(need == Use::Upgrade) {
             Some(proxy) => proxy.connect_to_proxy(deadline).await?,
             None => {
                 let (host, port) = (target.authority.host(), target.port());
@@ -530,7 +542,7 @@ impl UpstreamClient {
     ) -> Result<Response<Incoming>, Failure> {
         if sender.is_http2() {
             to_http2(&mut req, target);
-        } else if let Some(proxy) = target.forwarding_proxy() {
+        } else if let Some(proxy) = target.forwarding_proxy(headers::wants_upgrade(req.headers())) {
             to_absolute(&mut req, target, proxy);
         } else {
             to_http1(&mut req);

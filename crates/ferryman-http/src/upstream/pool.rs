@@ -83,10 +83,10 @@ impl Hash for PoolKey {
 
 impl PoolKey {
     /// `tls_generation` tells connections checked under other TLS
-    /// settings apart.
-    pub(crate) fn new(target: &Target, tls_generation: u64) -> Self {
+    /// settings apart; an `upgrade` never goes to a forwarding proxy.
+    pub(crate) fn new(target: &Target, tls_generation: u64, upgrade: bool) -> Self {
         let outbound = target.connector.pool_key();
-        if target.forwarding_proxy().is_some() {
+        if target.forwarding_proxy(upgrade).is_some() {
             // Connections to a forwarding proxy serve every host.
             return Self {
                 authority: Authority::from_static("forwarding-proxy"),
@@ -374,7 +374,7 @@ mod tests {
     #[tokio::test]
     async fn cap_makes_checkout_wait_for_a_freed_slot() {
         let pool = Pool::new(1, 4, Duration::from_secs(60));
-        let key = PoolKey::new(&target("Example"), 0);
+        let key = PoolKey::new(&target("Example"), 0, false);
         let soon = Instant::now() + Duration::from_millis(50);
         let Some(Checkout::Open(first)) = pool.checkout(&key, true, soon).await else {
             panic!("first checkout opens");
@@ -394,7 +394,7 @@ mod tests {
         };
         drop(first);
         assert!(waiter.await.unwrap(), "a freed slot wakes the waiter");
-        let same = PoolKey::new(&target("example:80"), 0);
+        let same = PoolKey::new(&target("example:80"), 0, false);
         assert_eq!(pool.idle_count(&same), 0);
     }
 }

@@ -57,14 +57,19 @@ pub struct RuleConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum PortSpec {
-    One(u16),
+    /// Wider than a port, so that 70000 is refused with a reason, not as
+    /// "did not match any variant".
+    One(i64),
     Range(String),
 }
 
 impl PortSpec {
     pub(crate) fn range(&self) -> Result<std::ops::RangeInclusive<u16>, String> {
         match self {
-            PortSpec::One(port) => Ok(*port..=*port),
+            PortSpec::One(port) => match u16::try_from(*port) {
+                Ok(port) => Ok(port..=port),
+                Err(_) => Err(format!("{port} is not a port (0-65535)")),
+            },
             PortSpec::Range(text) => {
                 let parse = |s: &str| {
                     s.trim().parse::<u16>().map_err(|_| {

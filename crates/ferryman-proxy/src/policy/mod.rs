@@ -146,6 +146,16 @@ pub struct Policy {
     auto_passthrough: bool,
 }
 
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("rules", &self.rules.len())
+            .field("default_outbound", &self.default_outbound.name)
+            .field("default_intercept", &self.default_intercept)
+            .finish()
+    }
+}
+
 impl Policy {
     /// Compiles `spec`, reading rule lists; every problem found is
     /// reported, each with its key.
@@ -562,5 +572,422 @@ fn compile_rule(
         users,
         methods,
         paths,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Spec {
+        outbounds: Vec<OutboundConfig>,
+        rules: Vec<RuleConfig>,
+        intercept: Option<InterceptConfig>,
+    }
+
+    fn env() -> Env {
+        Env::detached(ferryman_tls::client_config(&[], false).unwrap())
+    }
+
+    fn compile_in(text: &str, base: &Path) -> Result<Policy, Vec<String>> {
+        let spec: Spec = toml::from_str(text).unwrap();
+        let intercept = spec.intercept.unwrap_or_default();
+        let spec = PolicySpec {
+            outbounds: &spec.outbounds,
+            rules: &spec.rules,
+            intercept: &intercept,
+            base,
+        };
+        Policy::compile(spec, &env()).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.key, e.reason))
+                .collect()
+        })
+    }
+
+    fn compile(text: &str) -> Policy {
+        compile_in(text, Path::new(".")).unwrap()
+    }
+
+    /// What a session from `client` as `user` going to `host:port` gets.
+    struct Case {
+        host: &'static str,
+        port: u16,
+        client: &'static str,
+        user: Option<&'static str>,
+        inbound: &'static str,
+        path: Option<&'static str>,
+        outbound: &'static str,
+        rule: &'static str,
+        intercept: bool,
+    }
+
+    fn case(host: &'static str, outbound: &'static str, rule: &'static str) -> Case {
+        Case {
+            host,
+            port: 443,
+            client: "127.0.0.1",
+            user: None,
+            inbound: "http",
+            path: None,
+            outbound,
+            rule,
+            intercept: true,
+        }
+    }
+
+    fn check(policy: &Policy, cases: &[Case]) {
+        for c in cases {
+            let facts = Facts {
+                inbound: c.inbound,
+                client: c.client.parse().unwrap(),
+                user: c.user,
+                host: c.host,
+                port: c.port,
+                method: c.path.map(|_| "GET"),
+                path: c.path,
+                addrs: &[],
+            };
+            let verdict = policy.decide(&facts);
+            assert_eq!(
+                (&*verdict.outbound.name, &**verdict.rule, verdict.intercept),
+                (c.outbound, c.rule, c.intercept),
+                "{}:{} from {} user {:?} path {:?}",
+                c.host,
+                c.port,
+                c.client,
+                c.user,
+                c.path
+            );
+        }
+    }
+
+    const OFFICE: &str = r#"
+        [[outbounds]]
+        name = "office"
+        kind = "socks5"
+        url = "socks5h://127.0.0.1:1080"
+
+        [[outbounds]]
+        name = "partner"
+        kind = "http"
+        url = "http://127.0.0.1:3128"
+
+        [[rules]]
+        name = "corp"
+        domain_suffix = ["corp.internal"]
+        ip_cidr = ["10.20.0.0/16"]
+        outbound = "office"
+
+        [[rules]]
+        domain = ["api.partner.test"]
+        outbound = "partner"
+
+        [[rules]]
+        domain_keyword = ["tracker"]
+        outbound = "reject"
+
+        [[rules]]
+        domain_wildcard = ["cdn-*.media.test"]
+        port = [80, "8000-8999"]
+        outbound = "partner"
+
+        [[rules]]
+        client = ["192.168.0.0/16"]
+        user = ["guest"]
+        outbound = "reject"
+
+        [[rules]]
+        inbound = ["socks5"]
+        path = ["/never"]
+        outbound = "reject"
+
+        [[rules]]
+        name = "not-dev"
+        domain_suffix = ["myapp.dev"]
+        invert = true
+        intercept = false
+    "#;
+
+    #[test]
+    fn each_matcher_and_first_match_wins() {
+        let policy = compile(OFFICE);
+        let mut cases = vec![
+            case("a.corp.internal", "office", "corp"),
+            case("CORP.INTERNAL.", "office", "corp"),
+            case("xcorp.internal", "direct", "default"),
+            case("10.20.3.4", "office", "corp"),
+            case("[::ffff:10.20.3.4]", "office", "corp"),
+            case("10.21.3.4", "direct", "default"),
+            case("api.partner.test", "partner", "rules[1]"),
+            case("www.api.partner.test", "direct", "default"),
+            case("my-tracker.test", "reject", "rules[2]"),
+            case("cdn-7.media.test", "direct", "default"),
+        ];
+        for c in &mut cases {
+            // Everything but myapp.dev is left alone by the inverted rule.
+            c.intercept = false;
+        }
+        let mut ported = case("cdn-7.media.test", "partner", "rules[3]");
+        ported.port = 8080;
+        ported.intercept = false;
+        cases.push(ported);
+        let mut guest = case("anything.test", "reject", "rules[4]");
+        (guest.client, guest.user, guest.intercept) = ("192.168.1.9", Some("guest"), false);
+        cases.push(guest);
+        let mut not_guest = case("anything.test", "direct", "default");
+        (not_guest.client, not_guest.user, not_guest.intercept) =
+            ("192.168.1.9", Some("alice"), false);
+        cases.push(not_guest);
+        let mut socks_path = case("x.test", "reject", "rules[5]");
+        (socks_path.inbound, socks_path.path, socks_path.intercept) =
+            ("socks5", Some("/never/x"), false);
+        cases.push(socks_path);
+        let mut http_path = case("x.test", "direct", "default");
+        (http_path.path, http_path.intercept) = (Some("/never/x"), false);
+        cases.push(http_path);
+        let mut dev = case("app.myapp.dev", "direct", "default");
+        dev.intercept = true;
+        cases.push(dev);
+        check(&policy, &cases);
+        let verdict = policy.decide(&Facts {
+            inbound: "http",
+            client: "127.0.0.1".parse().unwrap(),
+            user: None,
+            host: "x.test",
+            port: 443,
+            method: None,
+            path: None,
+            addrs: &[],
+        });
+        assert_eq!(&**verdict.intercept_rule, "not-dev");
+    }
+
+    #[test]
+    fn outbound_and_intercept_are_decided_by_the_first_rule_that_sets_each() {
+        let policy = compile(
+            r#"
+            [intercept]
+            mode = "all"
+            passthrough = [".bank.test"]
+
+            [[rules]]
+            domain_suffix = ["secure.bank.test"]
+            intercept = true
+            outbound = "reject"
+
+            [[rules]]
+            domain_suffix = ["bank.test"]
+            outbound = "reject"
+
+            [[rules]]
+            outbound = "direct"
+            intercept = false
+            "#,
+        );
+        let mut bank = case("www.bank.test", "reject", "rules[1]");
+        bank.intercept = false;
+        let mut secure = case("secure.bank.test", "reject", "rules[0]");
+        // The [intercept] section's patterns come first.
+        secure.intercept = false;
+        let mut other = case("other.test", "direct", "rules[2]");
+        other.intercept = false;
+        check(&policy, &[bank, secure, other]);
+        let verdict = policy.decide(&Facts {
+            inbound: "http",
+            client: "127.0.0.1".parse().unwrap(),
+            user: None,
+            host: "secure.bank.test",
+            port: 443,
+            method: None,
+            path: None,
+            addrs: &[],
+        });
+        assert_eq!(&**verdict.intercept_rule, "intercept.passthrough[0]");
+    }
+
+    #[test]
+    fn the_intercept_section_keeps_its_meaning() {
+        let listed = compile(
+            r#"
+            [intercept]
+            mode = "listed"
+            hosts = ["*.api.test", "exact.test"]
+            "#,
+        );
+        let mut sub = case("v1.api.test", "direct", "default");
+        sub.intercept = true;
+        let mut apex = case("api.test", "direct", "default");
+        apex.intercept = false;
+        let mut exact = case("exact.test", "direct", "default");
+        exact.intercept = true;
+        let mut under = case("a.exact.test", "direct", "default");
+        under.intercept = false;
+        check(&listed, &[sub, apex, exact, under]);
+        let none = compile("[intercept]\nmode = \"none\"\n");
+        let mut c = case("x.test", "direct", "default");
+        c.intercept = false;
+        check(&none, &[c]);
+    }
+
+    #[test]
+    fn resolved_addresses_count_only_for_rules_that_ask() {
+        let policy = compile(
+            r#"
+            [[rules]]
+            ip_cidr = ["10.0.0.0/8"]
+            outbound = "reject"
+
+            [[rules]]
+            ip_cidr = ["10.1.0.0/16"]
+            resolve = true
+            outbound = "reject"
+            "#,
+        );
+        let facts = |addrs: &'static [IpAddr]| Facts {
+            inbound: "http",
+            client: "127.0.0.1".parse().unwrap(),
+            user: None,
+            host: "name.test",
+            port: 80,
+            method: None,
+            path: None,
+            addrs,
+        };
+        assert!(policy.wants_addresses(&facts(&[])));
+        let in_both: &'static [IpAddr] = Box::leak(Box::new([IpAddr::from([10, 1, 2, 3])]));
+        assert_eq!(&**policy.decide(&facts(in_both)).rule, "rules[1]");
+        let in_first: &'static [IpAddr] = Box::leak(Box::new([IpAddr::from([10, 9, 2, 3])]));
+        assert_eq!(&**policy.decide(&facts(in_first)).rule, "default");
+        let literal = Facts {
+            host: "10.9.9.9",
+            ..facts(&[])
+        };
+        assert!(!policy.wants_addresses(&literal));
+        assert_eq!(&**policy.decide(&literal).rule, "rules[0]");
+    }
+
+    #[test]
+    fn rule_lists_are_read_relative_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("corp.txt"),
+            "# office names\n+.corp.test\n.inner.test\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("nets.txt"), "10.20.0.0/16\n").unwrap();
+        let text = r#"
+            [[rules]]
+            domain_list = ["corp.txt"]
+            ip_list = ["nets.txt"]
+            outbound = "reject"
+        "#;
+        let policy = compile_in(text, dir.path()).unwrap();
+        let mut cases = Vec::new();
+        for (host, rule) in [
+            ("corp.test", "rules[0]"),
+            ("a.corp.test", "rules[0]"),
+            ("a.inner.test", "rules[0]"),
+            ("inner.test", "default"),
+            ("10.20.0.1", "rules[0]"),
+        ] {
+            let outbound = if rule == "default" {
+                "direct"
+            } else {
+                "reject"
+            };
+            cases.push(case(host, outbound, rule));
+        }
+        check(&policy, &cases);
+        std::fs::write(dir.path().join("corp.txt"), "ok.test\nnot a name\n").unwrap();
+        let errors = compile_in(text, dir.path()).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("rules[0].domain_list[0]: ")
+                    && e.ends_with("corp.txt:2: \"not a name\" is not a domain name")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_reported_with_their_keys() {
+        let errors = compile_in(
+            r#"
+            [[rules]]
+            outbound = "nowhere"
+            port = ["9-1", 70000]
+            client = ["10.0.0.0/40"]
+            method = ["GE T"]
+            path = ["nope"]
+            ip_cidr = ["10.0.0.1/33"]
+
+            [[rules]]
+            domain = ["a.test"]
+
+            [[rules]]
+            outbound = "direct"
+
+            [[rules]]
+            domain = ["b.test"]
+            outbound = "reject"
+
+            [[rules]]
+            resolve = true
+            intercept = true
+            "#,
+            Path::new("."),
+        )
+        .unwrap_err();
+        for expected in [
+            "rules[0].outbound: no outbound is named \"nowhere\"",
+            "rules[0].port[0]: \"9-1\" runs backwards",
+            "rules[0].port[1]: 70000 is not a port (0-65535)",
+            "rules[0].client[0]: \"10.0.0.0/40\" is not an address or a network",
+            "rules[0].method[0]: \"GE T\" is not an HTTP method",
+            "rules[0].path[0]: \"nope\" must start with '/'",
+            "rules[0].ip_cidr[0]: \"10.0.0.1/33\" is not an address or a network",
+            "rules[1]: sets neither outbound nor intercept",
+            "rules[3].outbound: is never used: rules[2] matches everything first",
+            "rules[4].resolve: needs ip_cidr or ip_list",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.starts_with(expected)),
+                "{expected} in {errors:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn queries_name_their_target() {
+        let policy = compile(OFFICE);
+        let asked = |target: &str| {
+            policy.explain(&Query {
+                target: target.into(),
+                ..Query::default()
+            })
+        };
+        let url = asked("http://api.partner.test/v1?q").unwrap();
+        assert_eq!(
+            (
+                url.port,
+                url.method.as_str(),
+                url.path.as_deref(),
+                url.outbound.as_str()
+            ),
+            (80, "GET", Some("/v1"), "partner")
+        );
+        assert_eq!(url.outbound_kind, "http");
+        let tunnel = asked("10.20.0.5:22").unwrap();
+        assert_eq!(
+            (tunnel.method.as_str(), tunnel.rule.as_str()),
+            ("CONNECT", "corp")
+        );
+        assert!(asked("ftp://x.test/").unwrap_err().contains("not proxied"));
+        assert!(asked("x.test").unwrap_err().contains("host:port"));
+        assert!(asked("x.test:99999").unwrap_err().contains("port number"));
     }
 }

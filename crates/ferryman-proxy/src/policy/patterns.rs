@@ -127,7 +127,8 @@ pub(crate) enum ListKind {
 }
 
 /// Reads a rule list: one entry per line (`#` starts a comment), plain
-/// entries in `kind`'s format, or classical `TYPE,value` lines
+/// entries in `kind`'s format (a domain list takes addresses and networks
+/// too), or classical `TYPE,value` lines
 /// (`DOMAIN`, `DOMAIN-SUFFIX`, `DOMAIN-KEYWORD`, `DOMAIN-WILDCARD`,
 /// `IP-CIDR`, `IP-CIDR6`); mihomo's YAML form (`payload:` then `- 'entry'`)
 /// too. A bad line is reported with the file and its line number.
@@ -146,7 +147,8 @@ pub(crate) fn read_list(path: &Path, kind: ListKind) -> Result<Vec<Dest>, String
         let parsed = match line.split_once(',') {
             Some((kind, rest)) => classical(kind.trim(), rest),
             None => match kind {
-                ListKind::Domain => mihomo_domain(line),
+                // An address or a network is never a name: take it as one.
+                ListKind::Domain => cidr(line).or_else(|_| mihomo_domain(line)),
                 ListKind::Cidr => cidr(line),
             },
         };

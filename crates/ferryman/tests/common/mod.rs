@@ -75,16 +75,7 @@ pub async fn start(data: &Path, extra: &[&str]) -> Running {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let record =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            let _ = tx.send(record);
-        }
-    });
-    let mut logs = Logs(rx);
+    let mut logs = logs_of(&mut child);
     let (mut proxy, mut admin) = (None, None);
     while proxy.is_none() || admin.is_none() {
         let listening = logs
@@ -107,6 +98,20 @@ pub async fn start(data: &Path, extra: &[&str]) -> Running {
         proxy: proxy.unwrap(),
         admin: admin.unwrap(),
     }
+}
+
+/// The JSON log records `child` writes to its (piped) stderr.
+pub fn logs_of(child: &mut tokio::process::Child) -> Logs {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let record =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            let _ = tx.send(record);
+        }
+    });
+    Logs(rx)
 }
 
 pub async fn terminate(child: &mut tokio::process::Child) {

@@ -170,13 +170,28 @@ pub(crate) async fn detect(
     }
 }
 
-/// Resolves when the server sends before the client: at once for a plain
-/// socket (its bytes stay in the kernel); a stream that cannot wait for
-/// readability is read, and what it said is put back in front of it.
+/// Resolves when the server sends before the client: once bytes (or its
+/// end) wait on a plain socket, which keeps them in the kernel; a stream
+/// that cannot be peeked at is read, and what it said is put back in front
+/// of it.
 async fn server_speaks(upstream: &mut Conn) -> Conn {
     let stream = match upstream {
         Conn::Tcp(tcp) => {
-            let _ = tcp.readable().await;
+            // Readiness left over from the hop's own handshake (an upstream
+            // proxy's answer) is not the server speaking: peek to be sure.
+            loop {
+                if tcp.readable().await.is_err() {
+                    break;
+                }
+                let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+                let peeked = tcp.try_io(tokio::io::Interest::READABLE, || {
+                    socket2::SockRef::from(&*tcp).peek(&mut byte)
+                });
+                match peeked {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    _ => break,
+                }
+            }
             return std::mem::replace(upstream, Conn::Other(Box::new(tokio::io::empty())));
         }
         Conn::Other(stream) => stream,
