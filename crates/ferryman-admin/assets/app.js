@@ -407,3 +407,20 @@ async function start() {
   requestAnimationFrame(frame);
 }
 start();
+
+// ---- configuration in force ----
+// A refused reload leaves the old configuration running: say so until a
+// later reload succeeds.
+async function checkConfig() {
+  const answer = await api("/api/status");
+  if (!answer.ok) return;
+  const config = (await answer.json()).config || {};
+  const last = config.last_reload;
+  const banner = $("config-banner");
+  if (last && !last.ok) {
+    banner.textContent = `The configuration was refused (${last.trigger}, ${clock(last.at_ms)}); the one in force (${(config.hash || "").slice(0, 19)}) stays.\n${last.error}`;
+    banner.hidden = false;
+  } else banner.hidden = true;
+}
+checkConfig();
+setInterval(checkConfig, 5000);

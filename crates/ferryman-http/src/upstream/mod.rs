@@ -108,6 +108,8 @@ pub struct UpstreamClient {
 #[derive(Clone)]
 pub struct Target {
     pub authority: Authority,
+    /// The port the authority names, or the scheme's default.
+    pub port: u16,
     pub https: bool,
     /// The name to ask for and verify over TLS when it is not the host
     /// (a client that CONNECTs to an address and names the server in SNI).
@@ -121,6 +123,7 @@ impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
             .field("authority", &self.authority)
+            .field("port", &self.port)
             .field("https", &self.https)
             .field("server_name", &self.server_name)
             .field("offer_http2", &self.offer_http2)
@@ -130,21 +133,28 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
-    pub fn http(authority: Authority, connector: Connector) -> Self {
+    /// `port` is the authority's (see [`split_authority`]), or None for
+    /// the scheme's default.
+    pub fn new(authority: Authority, port: Option<u16>, https: bool, connector: Connector) -> Self {
         Self {
             authority,
-            https: false,
+            port: port.unwrap_or(if https { 443 } else { 80 }),
+            https,
             server_name: None,
             offer_http2: false,
             connector,
         }
     }
 
-    pub fn https(authority: Authority, connector: Connector) -> Self {
-        Self {
-            https: true,
-            ..Self::http(authority, connector)
-        }
+    /// An http:// target; an authority whose port is not a number gets
+    /// the default (refuse such authorities first: [`split_authority`]).
+    pub fn http(authority: Authority, connector: Connector) -> Self {
+        let port = split_authority(&authority).ok().and_then(|(_, port)| port);
+        Self::new(authority, port, false, connector)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// An HTTP proxy forwarding this request in absolute form, if that is
@@ -155,29 +165,37 @@ impl Target {
             .then(|| self.connector.forwards_plain_http())
             .flatten()
     }
-
-    /// The port, or the scheme's default (an authority whose port is not a
-    /// number was refused before it became a target: see [`port_of`]).
-    pub fn port(&self) -> u16 {
-        let default = if self.https { 443 } else { 80 };
-        self.authority.port_u16().unwrap_or(default)
-    }
 }
 
-/// The port an authority names: None when it names none (or an empty
-/// one), an error when what follows the colon is not a port number.
-pub fn port_of(authority: &Authority) -> Result<Option<u16>, String> {
+/// An authority's host (an IPv6 one in brackets) and the port it names:
+/// None when it names none (or an empty one), an error when what follows
+/// the colon is not a port number. Every request asks, so it is one pass
+/// over the bytes rather than a search per separator.
+pub fn split_authority(authority: &Authority) -> Result<(&str, Option<u16>), String> {
     let text = authority.as_str();
-    let after_host = match text.rfind(']') {
-        Some(end) => &text[end + 1..],
-        None => text,
+    let (mut at, mut colon, mut bracket) = (None, None, None);
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        match b {
+            b'@' => at = Some(i),
+            b':' => colon = Some(i),
+            b']' => bracket = Some(i),
+            _ => {}
+        }
+    }
+    // Never "user:password@": a proxy's absolute-form target may carry it.
+    let start = at.map_or(0, |at| at + 1);
+    let Some(colon) = colon.filter(|&c| c >= start && bracket.is_none_or(|b| c > b)) else {
+        return Ok((&text[start..], None));
     };
-    match after_host.rsplit_once(':') {
-        None | Some((_, "")) => Ok(None),
-        Some((_, port)) => match port.parse::<u16>() {
-            Ok(port) if port > 0 => Ok(Some(port)),
-            _ => Err(format!("{port:?} is not a port number (1-65535)")),
-        },
+    let (host, port) = (&text[start..colon], &text[colon + 1..]);
+    if port.is_empty() {
+        return Ok((host, None));
+    }
+    let number = (port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| port.bytes().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')));
+    match number.and_then(|n| u16::try_from(n).ok()) {
+        Some(port) if port > 0 => Ok((host, Some(port))),
+        _ => Err(format!("{port:?} is not a port number (1-65535)")),
     }
 }
 
@@ -687,14 +705,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_numbers_or_absent() {
-        let port = |a: &'static str| port_of(&Authority::from_static(a));
-        assert_eq!(port("h:8080"), Ok(Some(8080)));
-        assert_eq!(port("h"), Ok(None));
-        assert_eq!(port("h:"), Ok(None));
-        assert_eq!(port("[::1]"), Ok(None));
-        assert_eq!(port("[::1]:443"), Ok(Some(443)));
-        assert!(port("127.0.0.1:65616").is_err());
-        assert!(port("h:0").is_err());
+    fn authorities_split_into_host_and_port() {
+        let split = |a: &'static str| {
+            split_authority(&Authority::from_static(a)).map(|(host, port)| (host.to_string(), port))
+        };
+        let ok = |host: &str, port| Ok((host.to_string(), port));
+        assert_eq!(split("h:8080"), ok("h", Some(8080)));
+        assert_eq!(split("h"), ok("h", None));
+        assert_eq!(split("h:"), ok("h", None));
+        assert_eq!(split("[::1]"), ok("[::1]", None));
+        assert_eq!(split("[::1]:443"), ok("[::1]", Some(443)));
+        assert_eq!(split("me:pw@h:81"), ok("h", Some(81)));
+        assert_eq!(split("h:65535"), ok("h", Some(65535)));
+        assert!(split("127.0.0.1:65616").is_err());
+        assert!(split("h:0").is_err());
+        assert!(split("h:123456").is_err());
+        assert!(split("h:8a").is_err());
+        // The same host and port as http's own parsing, where it succeeds.
+        for a in ["h:1", "[::1]:2", "a.b.c:65535", "[fe80::1]"] {
+            let authority = Authority::from_static(a);
+            let (host, port) = split_authority(&authority).unwrap();
+            assert_eq!(
+                (host, port),
+                (authority.host(), authority.port_u16()),
+                "{a}"
+            );
+        }
     }
 }

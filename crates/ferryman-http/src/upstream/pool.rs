@@ -99,7 +99,7 @@ impl PoolKey {
         }
         Self {
             authority: target.authority.clone(),
-            port: target.port(),
+            port: target.port,
             https: target.https,
             server_name: target.server_name.clone(),
             outbound,

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use ferryman_http::upstream::port_of;
+use ferryman_http::upstream::split_authority;
 use ferryman_http::{ProxyBody, Target};
 use http::uri::Scheme;
 use http::{Method, Request, Response, StatusCode};
@@ -80,21 +80,18 @@ impl Route for ProxyRoute {
         let Some(authority) = req.uri().authority().cloned() else {
             return local::text(StatusCode::BAD_REQUEST, "request target has no host");
         };
-        let port = match port_of(&authority) {
-            Ok(port) => port.unwrap_or(if https { 443 } else { 80 }),
+        let (host, port) = match split_authority(&authority) {
+            Ok(split) => split,
             Err(e) => return local::text(StatusCode::BAD_REQUEST, e),
         };
         let facts = origin.facts(
-            authority.host(),
-            port,
+            host,
+            port.unwrap_or(if https { 443 } else { 80 }),
             Some(req.method().as_str()),
             Some(req.uri().path()),
         );
         let verdict = decide(&self.settings, &self.worker, facts).await;
-        let target = |connector| {
-            let target = Target::http(authority, connector);
-            Target { https, ..target }
-        };
+        let target = |connector| Target::new(authority.clone(), port, https, connector);
         follow(&self.worker, &self.settings, verdict, req, target, witness).await
     }
 }
@@ -108,11 +105,10 @@ impl ProxyRoute {
         req: Request<Incoming>,
         witness: &Arc<Witness>,
     ) -> Response<ProxyBody> {
-        let Some((authority, port)) = req
-            .uri()
-            .authority()
-            .and_then(|a| Some((a.clone(), port_of(a).ok()??)))
-        else {
+        let Some((authority, port)) = req.uri().authority().and_then(|a| {
+            let (_, port) = split_authority(a).ok()?;
+            Some((a.clone(), port?))
+        }) else {
             return tunnel::refuse(local::text(
                 StatusCode::BAD_REQUEST,
                 "CONNECT needs a host:port target",
@@ -138,7 +134,7 @@ impl ProxyRoute {
         let plan = Plan {
             settings: self.settings.clone(),
             origin,
-            target: Target::http(authority, connector),
+            target: Target::new(authority, Some(port), false, connector),
             intercept: verdict.intercept,
         };
         let upstream = match tunnel::open(&self.worker, &plan.target, witness).await {

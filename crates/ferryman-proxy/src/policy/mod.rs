@@ -308,6 +308,9 @@ impl Policy {
     }
 
     pub fn decide(&self, facts: &Facts) -> Verdict<'_> {
+        if self.rules.is_empty() {
+            return self.default_verdict();
+        }
         let mut hits = Vec::new();
         let host = facts.host.trim_start_matches('[').trim_end_matches(']');
         match host_ip(host) {
@@ -394,6 +397,17 @@ impl Policy {
     }
 }
 
+impl Policy {
+    fn default_verdict(&self) -> Verdict<'_> {
+        Verdict {
+            outbound: &self.default_outbound,
+            rule: &self.default_rule,
+            intercept: self.default_intercept,
+            intercept_rule: &self.default_rule,
+        }
+    }
+}
+
 /// `scheme://host[:port]/path` or `host:port`: host, port, method, path.
 fn parse_target(target: &str) -> Result<(String, u16, String, Option<String>), String> {
     let uri: http::Uri = target
@@ -402,8 +416,8 @@ fn parse_target(target: &str) -> Result<(String, u16, String, Option<String>), S
     let authority = uri.authority().ok_or_else(|| {
         format!("{target:?} names no host (write https://host/path or host:port)")
     })?;
-    let explicit = ferryman_http::upstream::port_of(authority)?;
-    let host = authority.host().to_string();
+    let (host, explicit) = ferryman_http::upstream::split_authority(authority)?;
+    let host = host.to_string();
     match uri.scheme_str() {
         None => {
             let port = explicit.ok_or_else(|| format!("{target:?}: a tunnel needs host:port"))?;
