@@ -456,10 +456,6 @@ impl Session {
         self.parent.as_ref().map(|p| p.id)
     }
 
-    pub(crate) fn parent_kind(&self) -> Option<Kind> {
-        self.parent.as_ref().map(|p| p.kind())
-    }
-
     pub(crate) fn kind(&self) -> Kind {
         Kind::from_raw(self.kind.load(Ordering::Relaxed))
     }

@@ -21,7 +21,7 @@ use tracing::{debug, info};
 use super::closable::Closable;
 use super::guard::FramingGuard;
 use super::local;
-use super::witness::Witness;
+use super::witness::{Entry, Witness};
 use crate::context::Worker;
 use crate::session::SessionGuard;
 use crate::ProxyConfig;
@@ -36,6 +36,9 @@ pub(crate) enum Protocol {
 
 /// What to do with each request of a connection.
 pub(crate) trait Route: Send + Sync + 'static {
+    /// How this connection's exchanges came in.
+    const ENTRY: Entry;
+
     /// What the exchange is about, for its session row and log: the full
     /// URL (or `host:port` for a CONNECT), and the host its bytes count for.
     fn target<'a>(&'a self, req: &'a Request<Incoming>) -> (String, Option<&'a str>);
@@ -130,6 +133,7 @@ impl<R: Route> Exchanges<R> {
         let witness = Arc::new(Witness::new(
             &self.worker.shared,
             &self.parent,
+            R::ENTRY,
             req.method().clone(),
             self.route.target(&req),
         ));

@@ -16,6 +16,7 @@ use crate::session::{Kind, SessionGuard};
 
 pub(crate) struct Witness {
     session: Arc<SessionGuard>,
+    entry: Entry,
     requests: Arc<RequestCounters>,
     method: Method,
     status: AtomicU16,
@@ -34,6 +35,7 @@ impl Witness {
     pub(crate) fn new(
         shared: &Shared,
         parent: &Arc<SessionGuard>,
+        entry: Entry,
         method: Method,
         (target, host): (String, Option<&str>),
     ) -> Self {
@@ -47,6 +49,7 @@ impl Witness {
         });
         Self {
             session,
+            entry,
             requests: shared.requests.clone(),
             method,
             status: AtomicU16::new(0),
@@ -192,12 +195,7 @@ impl Drop for Witness {
         }
         let status = *self.status.get_mut();
         if matches!(kind, Kind::Exchange | Kind::Websocket) {
-            let inbound = if self.session.parent_kind() == Some(Kind::Http) {
-                Inbound::Forward
-            } else {
-                Inbound::Intercepted
-            };
-            self.requests.get(inbound, status).increment(1);
+            self.requests.get(self.entry, status).increment(1);
         }
         tracing::info!(
             target: "ferryman::access",
@@ -215,10 +213,24 @@ impl Drop for Witness {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Inbound {
+/// How an exchange came in, as `ferryman_requests_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A request to the proxy in absolute form.
     Forward,
+    /// A request found inside a tunnel (intercepted TLS or plain HTTP).
     Intercepted,
+}
+
+impl Entry {
+    const ALL: [Entry; 2] = [Entry::Forward, Entry::Intercepted];
+
+    fn label(self) -> &'static str {
+        match self {
+            Entry::Forward => "forward",
+            Entry::Intercepted => "intercepted",
+        }
+    }
 }
 
 const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -226,7 +238,7 @@ const STATUS_CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 /// `ferryman_requests_total` by inbound and status class (`none` when no
 /// response was sent), every series registered once: finding a counter by
 /// its labels cost ~1k instructions of each exchange.
-pub(crate) struct RequestCounters([[metrics::Counter; 6]; 2]);
+pub(crate) struct RequestCounters([[metrics::Counter; 6]; Entry::ALL.len()]);
 
 impl RequestCounters {
     /// Call it once the metrics recorder is installed.
@@ -236,14 +248,14 @@ impl RequestCounters {
                 metrics::counter!("ferryman_requests_total", "inbound" => inbound, "status" => status)
             })
         };
-        Arc::new(Self([by_status("forward"), by_status("intercepted")]))
+        Arc::new(Self(Entry::ALL.map(|entry| by_status(entry.label()))))
     }
 
-    fn get(&self, inbound: Inbound, status: u16) -> &metrics::Counter {
+    fn get(&self, entry: Entry, status: u16) -> &metrics::Counter {
         let class = match status / 100 {
             class @ 1..=5 => class as usize,
             _ => 0,
         };
-        &self.0[inbound as usize][class]
+        &self.0[entry as usize][class]
     }
 }

@@ -19,7 +19,7 @@ use crate::context::{Settings, Worker};
 use crate::exchange::connection::Route;
 use crate::exchange::local;
 use crate::exchange::tunnel::{self, ClientSide};
-use crate::exchange::witness::Witness;
+use crate::exchange::witness::{Entry, Witness};
 use crate::outbound::Way;
 use crate::session::{Kind, SessionGuard};
 
@@ -37,6 +37,8 @@ pub(crate) struct ProxyRoute {
 }
 
 impl Route for ProxyRoute {
+    const ENTRY: Entry = Entry::Forward;
+
     fn target<'a>(&'a self, req: &'a Request<Incoming>) -> (String, Option<&'a str>) {
         (req.uri().to_string(), req.uri().host())
     }

@@ -16,7 +16,7 @@ use crate::context::{Settings, Worker};
 use crate::exchange::connection::{self, Route};
 use crate::exchange::intercept::{self, LookInside};
 use crate::exchange::tunnel::{self, ClientSide};
-use crate::exchange::witness::Witness;
+use crate::exchange::witness::{Entry, Witness};
 use crate::exchange::{forward, local, Contents, InsideIo};
 
 /// What was decided when a tunnel opened; it holds for the tunnel's life.
@@ -112,6 +112,8 @@ struct InsideRoute {
 }
 
 impl Route for InsideRoute {
+    const ENTRY: Entry = Entry::Intercepted;
+
     fn target<'a>(&'a self, req: &'a Request<Incoming>) -> (String, Option<&'a str>) {
         (
             forward::absolute(&self.target, req.uri()),

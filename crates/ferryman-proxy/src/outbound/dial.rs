@@ -328,6 +328,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_interface_is_bound_or_its_absence_said() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let through = |name: &str| Source {
+            bind: None,
+            interface: Some(name.to_string()),
+        };
+        let own = OwnAddrs::default();
+        assert!(
+            dial("127.0.0.1", addr.port(), deadline, &through("lo"), &own)
+                .await
+                .is_ok()
+        );
+        let missing = dial(
+            "127.0.0.1",
+            addr.port(),
+            deadline,
+            &through("nonexistent0"),
+            &own,
+        )
+        .await;
+        assert!(
+            matches!(missing, Err(UpstreamError::Connect { .. })),
+            "{missing:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn own_listeners_are_refused_as_loops() {
         let own = OwnAddrs::default();
         own.add("127.0.0.1:4000".parse().unwrap());
