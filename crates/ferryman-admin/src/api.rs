@@ -269,15 +269,26 @@ pub(crate) async fn body(
         }
         Err(e) => return error(StatusCode::BAD_GATEWAY, &e),
     };
+    let mut stopped = None;
     let bytes = if query.decode {
-        match ferryman_capture::decode::decode(&bytes, header_of(headers, "content-encoding")) {
-            Ok(decoded) => bytes::Bytes::from(decoded),
-            Err(e) => {
+        // Off the admin's event loop, and capped: a body can be a bomb.
+        let encoding = header_of(headers, "content-encoding").map(str::to_string);
+        let decoding = tokio::task::spawn_blocking(move || {
+            let limits = ferryman_capture::decode::Limits::VIEW;
+            ferryman_capture::decode::decode(&bytes, encoding.as_deref(), limits)
+        });
+        match decoding.await {
+            Ok(Ok((decoded, cut))) => {
+                stopped = cut;
+                bytes::Bytes::from(decoded)
+            }
+            Ok(Err(e)) => {
                 return error(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     &format!("cannot decode: {e}"),
                 )
             }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         }
     } else {
         bytes
@@ -297,6 +308,9 @@ pub(crate) async fn body(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if let Some(stopped) = stopped.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+        out.insert("x-ferryman-decoding", stopped);
+    }
     if query.download {
         if let Ok(value) = HeaderValue::from_str(&format!(
             "attachment; filename=\"{id}-{}.body\"",

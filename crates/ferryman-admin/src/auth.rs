@@ -1,12 +1,14 @@
 //! Who may use the admin listener: API clients with the token as a bearer,
 //! browsers with a session cookie obtained by logging in with the token once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -20,11 +22,68 @@ use crate::{error, Shared};
 pub(crate) const COOKIE: &str = "ferryman_session";
 /// Browser sessions kept at once; the oldest is logged out first.
 const MAX_SESSIONS: usize = 256;
+/// A session lasts at most this long, however busy.
+const SESSION_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Wrong tokens one address may try in a burst...
+const GUESSES_PER_ADDRESS: f64 = 5.0;
+/// ...after which it earns one more try this often.
+const GUESS_EVERY: Duration = Duration::from_secs(2);
+/// Wrong tokens from every address together, per second: no crowd of
+/// addresses guesses faster than this.
+const GUESSES_PER_SECOND: f64 = 10.0;
+/// Addresses whose guesses are remembered at once.
+const TRACKED_ADDRESSES: usize = 4096;
 
-/// The token, and the sessions of logged-in browsers.
+/// A logged-in browser.
+struct Session {
+    id: String,
+    created: Instant,
+    used: Instant,
+}
+
+/// A budget of tries that refills with time (a token bucket).
+#[derive(Clone, Copy)]
+struct Budget {
+    left: f64,
+    at: Instant,
+}
+
+impl Budget {
+    fn full(size: f64) -> Self {
+        Self {
+            left: size,
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one try if there is one; else how long until there is.
+    fn take(&mut self, size: f64, per_second: f64) -> Result<(), Duration> {
+        let now = Instant::now();
+        self.left = (self.left + now.duration_since(self.at).as_secs_f64() * per_second).min(size);
+        self.at = now;
+        if self.left >= 1.0 {
+            self.left -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.left) / per_second))
+        }
+    }
+}
+
+/// Wrong tokens seen, per address and overall.
+struct Guesses {
+    by_address: HashMap<IpAddr, Budget>,
+    overall: Budget,
+}
+
+/// The token, the sessions of logged-in browsers, and the budget for
+/// guessing the token.
 pub(crate) struct Gate {
     token: Secret,
-    sessions: Mutex<VecDeque<String>>,
+    sessions: Mutex<VecDeque<Session>>,
+    /// A session unused this long is logged out.
+    idle: Duration,
+    guesses: Mutex<Guesses>,
 }
 
 /// The configured token, or the one in `<data_dir>/admin-token`, created
@@ -72,15 +131,57 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Gate {
-    pub(crate) fn new(token: Secret) -> Self {
+    /// Browser sessions end after `idle` unused (and a week in any case).
+    pub(crate) fn new(token: Secret, idle: Duration) -> Self {
         Self {
             token,
             sessions: Mutex::new(VecDeque::new()),
+            idle,
+            guesses: Mutex::new(Guesses {
+                by_address: HashMap::new(),
+                overall: Budget::full(GUESSES_PER_SECOND),
+            }),
         }
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, VecDeque<String>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, VecDeque<Session>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `client` may try a token now; else how long it waits.
+    fn may_guess(&self, client: IpAddr) -> Result<(), Duration> {
+        let mut guesses = self.guesses.lock().unwrap_or_else(|e| e.into_inner());
+        if guesses.by_address.len() >= TRACKED_ADDRESSES
+            && !guesses.by_address.contains_key(&client)
+        {
+            // Forget addresses whose budget has refilled; a flood of
+            // addresses still meets the overall budget.
+            let now = Instant::now();
+            let refill = GUESS_EVERY.as_secs_f64() * GUESSES_PER_ADDRESS;
+            guesses
+                .by_address
+                .retain(|_, b| now.duration_since(b.at).as_secs_f64() < refill);
+        }
+        let per_second = 1.0 / GUESS_EVERY.as_secs_f64();
+        let mine = guesses
+            .by_address
+            .entry(client)
+            .or_insert_with(|| Budget::full(GUESSES_PER_ADDRESS));
+        let mut trial = *mine;
+        trial.take(GUESSES_PER_ADDRESS, per_second)?;
+        let mut overall = guesses.overall;
+        overall.take(GUESSES_PER_SECOND, GUESSES_PER_SECOND)?;
+        guesses.overall = overall;
+        if let Some(mine) = guesses.by_address.get_mut(&client) {
+            *mine = trial;
+        }
+        Ok(())
+    }
+
+    /// A right token from `client`: its wrong ones are forgotten.
+    fn forgive(&self, client: IpAddr) {
+        let mut guesses = self.guesses.lock().unwrap_or_else(|e| e.into_inner());
+        guesses.by_address.remove(&client);
     }
 
     fn bearer_ok(&self, headers: &HeaderMap) -> bool {
@@ -95,9 +196,22 @@ impl Gate {
         let Some(id) = session_cookie(headers) else {
             return false;
         };
-        self.sessions()
-            .iter()
-            .any(|s| same(s.as_bytes(), id.as_bytes()))
+        let now = Instant::now();
+        let mut sessions = self.sessions();
+        let idle = self.idle;
+        sessions.retain(|s| {
+            now.duration_since(s.used) < idle && now.duration_since(s.created) < SESSION_LIFETIME
+        });
+        match sessions
+            .iter_mut()
+            .find(|s| same(s.id.as_bytes(), id.as_bytes()))
+        {
+            Some(session) => {
+                session.used = now;
+                true
+            }
+            None => false,
+        }
     }
 
     pub(crate) fn allows(&self, headers: &HeaderMap) -> bool {
@@ -144,16 +258,33 @@ pub(crate) struct Login {
 }
 
 /// Trades the token for a session cookie the page's scripts cannot read.
+/// Wrong tokens are budgeted per address and overall: past the budget the
+/// answer is 429 with the wait, whatever the token.
 pub(crate) async fn login(
     State(shared): State<std::sync::Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Json(login): Json<Login>,
 ) -> Response {
+    let client = peer.ip().to_canonical();
+    if let Err(wait) = shared.gate.may_guess(client) {
+        let seconds = wait.as_secs() + 1;
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("too many wrong tokens; try again in {seconds} s"),
+        );
+        if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
     if !same(
         login.token.trim().as_bytes(),
         shared.gate.token.expose().as_bytes(),
     ) {
+        tracing::warn!(%client, "wrong admin token at login");
         return error(StatusCode::UNAUTHORIZED, "wrong admin token");
     }
+    shared.gate.forgive(client);
     let id = match random_hex(24) {
         Ok(id) => id,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e),
@@ -163,7 +294,12 @@ pub(crate) async fn login(
         if sessions.len() >= MAX_SESSIONS {
             sessions.pop_front();
         }
-        sessions.push_back(id.clone());
+        let now = Instant::now();
+        sessions.push_back(Session {
+            id: id.clone(),
+            created: now,
+            used: now,
+        });
     }
     let cookie = format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/");
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
@@ -174,7 +310,7 @@ pub(crate) async fn logout(
     headers: HeaderMap,
 ) -> Response {
     if let Some(id) = session_cookie(&headers) {
-        shared.gate.sessions().retain(|s| s != id);
+        shared.gate.sessions().retain(|s| s.id != id);
     }
     let cookie = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
@@ -205,6 +341,28 @@ mod tests {
             "configured-token-123"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn guesses_are_budgeted_per_address_and_overall() {
+        let gate = Gate::new(Secret::new("0123456789abcdef"), Duration::from_secs(60));
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..5 {
+            assert!(gate.may_guess(one).is_ok());
+        }
+        let wait = gate.may_guess(one).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= GUESS_EVERY, "{wait:?}");
+        gate.forgive(one);
+        assert!(
+            gate.may_guess(one).is_ok(),
+            "a right token resets the address"
+        );
+        // Many addresses together meet the overall budget.
+        let refused = (0..40u8)
+            .map(|i| IpAddr::from([10, 1, 0, i]))
+            .filter(|ip| gate.may_guess(*ip).is_err())
+            .count();
+        assert!(refused >= 40 - GUESSES_PER_SECOND as usize, "{refused}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use ferryman_capture::Secret;
-use ferryman_http::config::Invalid;
+use ferryman_http::config::{humantime_serde, Invalid};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -16,6 +16,14 @@ pub struct AdminConfig {
     /// dashboard asks for once. Unset: one is generated into
     /// `<data_dir>/admin-token` on first start.
     pub token: Option<Secret>,
+    /// How long a client may take to send a request head; a half-sent one
+    /// is dropped after it.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: std::time::Duration,
+    /// A dashboard session unused this long is logged out (a week at most
+    /// in any case).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: std::time::Duration,
 }
 
 impl Default for AdminConfig {
@@ -24,6 +32,8 @@ impl Default for AdminConfig {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             token: None,
+            header_timeout: std::time::Duration::from_secs(10),
+            session_timeout: std::time::Duration::from_secs(12 * 3600),
         }
     }
 }
@@ -44,6 +54,12 @@ impl AdminConfig {
                      set admin.token to a secret of at least {MIN_TOKEN_LEN} characters",
                     self.listen
                 ),
+            ));
+        }
+        if self.header_timeout.is_zero() {
+            errors.push(Invalid::new(
+                "admin.header_timeout",
+                "must be greater than zero",
             ));
         }
         if let Some(token) = &self.token {

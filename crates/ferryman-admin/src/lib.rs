@@ -24,6 +24,7 @@ use axum::{Json, Router};
 use ferryman_capture::Capture;
 use ferryman_proxy::Sessions;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::AdminConfig;
 pub use logs::{LogFeed, LogLayer, LogLine};
@@ -73,6 +74,8 @@ pub(crate) struct Shared {
     proxy_listen: SocketAddr,
     admin_listen: SocketAddr,
     shutdown: CancellationToken,
+    /// How long a client may take to send a request head.
+    header_timeout: Duration,
 }
 
 /// A bound admin listener, ready to serve.
@@ -105,7 +108,7 @@ impl Admin {
             .local_addr()
             .map_err(|e| format!("admin.listen: {e}"))?;
         let shared = Arc::new(Shared {
-            gate: auth::Gate::new(token),
+            gate: auth::Gate::new(token, config.session_timeout),
             sessions: parts.sessions,
             capture: parts.capture,
             ca: parts.ca,
@@ -117,6 +120,7 @@ impl Admin {
             proxy_listen: parts.proxy_listen,
             admin_listen,
             shutdown: CancellationToken::new(),
+            header_timeout: config.header_timeout,
         });
         Ok(Self { listener, shared })
     }
@@ -127,18 +131,24 @@ impl Admin {
 
     /// Serves on a thread of its own until `shutdown`; join the handle to
     /// wait for it to stop.
-    pub fn spawn(self, shutdown: CancellationToken) -> Result<std::thread::JoinHandle<()>, String> {
+    pub fn spawn(
+        self,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) -> Result<std::thread::JoinHandle<()>, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the admin thread: {e}"))?;
         std::thread::Builder::new()
             .name("ferryman-admin".into())
-            .spawn(move || runtime.block_on(self.serve(shutdown)))
+            .spawn(move || runtime.block_on(self.serve(shutdown, grace)))
             .map_err(|e| format!("cannot start the admin thread: {e}"))
     }
 
-    pub async fn serve(self, shutdown: CancellationToken) {
+    /// Serves until `shutdown`, then lets requests in flight finish for up
+    /// to `grace`; the task returns after that whatever is left.
+    pub async fn serve(self, shutdown: CancellationToken, grace: Duration) {
         let shared = self.shared;
         let listener = match tokio::net::TcpListener::from_std(self.listener) {
             Ok(listener) => listener,
@@ -165,21 +175,61 @@ impl Admin {
                 }
             });
         }
-        let stop = shared.shutdown.clone();
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|stream| {
+        let head_timeout = shared.header_timeout;
+        let router = router(shared.clone());
+        let connections = TaskTracker::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Typically out of file descriptors: back off, not spin.
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
             // Best effort: the kernel default only means more buffering.
-            let _ = socket2::SockRef::from(&*stream).set_send_buffer_size(SEND_BUFFER);
-        });
-        let served = axum::serve(listener, router(shared))
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                // Live subscribers end too, or the graceful stop would wait on them.
-                stop.cancel();
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin listener failed");
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
+            // The login's guess budget is per address.
+            let router = router.clone();
+            let service = hyper::service::service_fn(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    tower_service::Service::call(&mut router.clone(), request)
+                },
+            );
+            let stop = shared.shutdown.clone();
+            connections.spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(head_timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .with_upgrades();
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+        // Live subscribers end too, and requests in flight get the grace;
+        // a client still sending its head gets nothing more.
+        shared.shutdown.cancel();
+        connections.close();
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = connections.len(),
+                "admin connections still open after the grace period; closing them"
+            );
         }
     }
 }

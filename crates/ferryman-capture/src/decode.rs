@@ -1,52 +1,173 @@
-//! Undoing `Content-Encoding` for people who want to read a body.
+//! Undoing `Content-Encoding` for people who want to read a body. A body
+//! can be a decompression bomb (kilobytes that inflate to gigabytes), so
+//! decoding streams through the codings and stops at a cap on the output
+//! and on its ratio to the input, saying so; callers run it off any event
+//! loop that serves something else.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
+
+/// How much decoding may produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of output at most.
+    pub max_output: u64,
+    /// Output per input byte at most (beyond a first MiB).
+    pub max_ratio: u64,
+}
+
+impl Limits {
+    /// For showing a body: 16 MiB, 100 times the input.
+    pub const VIEW: Limits = Limits {
+        max_output: 16 << 20,
+        max_ratio: 100,
+    };
+
+    /// The output cap for `input` bytes.
+    fn cap(&self, input: usize) -> u64 {
+        let by_ratio = (input as u64).saturating_mul(self.max_ratio).max(1 << 20);
+        self.max_output.min(by_ratio)
+    }
+}
+
+/// Where decoding stopped short, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    pub at: u64,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "decoding stopped after {} bytes: {}",
+            self.at, self.reason
+        )
+    }
+}
 
 /// Decodes `body` as `content_encoding` says (codings are undone last
-/// first); identity and an absent header leave it as it is.
-pub fn decode(body: &[u8], content_encoding: Option<&str>) -> Result<Vec<u8>, String> {
-    let mut bytes = body.to_vec();
-    let Some(codings) = content_encoding else {
-        return Ok(bytes);
-    };
-    for coding in codings.rsplit(',').map(|c| c.trim().to_ascii_lowercase()) {
-        bytes = match coding.as_str() {
-            "" | "identity" => bytes,
-            "gzip" | "x-gzip" => read_all(flate2::read::MultiGzDecoder::new(&bytes[..]), &coding)?,
-            "deflate" => inflate(&bytes)?,
-            "br" => read_all(
-                brotli_decompressor::Decompressor::new(&bytes[..], 64 * 1024),
-                &coding,
-            )?,
-            "zstd" => {
-                let decoder = ruzstd::decoding::StreamingDecoder::new(&bytes[..])
-                    .map_err(|e| format!("zstd: {e}"))?;
-                read_all(decoder, &coding)?
-            }
+/// first) within `limits`; identity and an absent header leave it as it
+/// is. `Stopped` says the output was cut at the cap.
+pub fn decode(
+    body: &[u8],
+    content_encoding: Option<&str>,
+    limits: Limits,
+) -> Result<(Vec<u8>, Option<Stopped>), String> {
+    let mut out = Vec::new();
+    let stopped = decode_to(body, content_encoding, limits, &mut out)?;
+    Ok((out, stopped))
+}
+
+/// [`decode`], writing into `out` as it goes.
+pub fn decode_to(
+    body: &[u8],
+    content_encoding: Option<&str>,
+    limits: Limits,
+    out: &mut impl Write,
+) -> Result<Option<Stopped>, String> {
+    let mut reader: Box<dyn Read + '_> = Box::new(body);
+    for coding in content_encoding
+        .unwrap_or("")
+        .rsplit(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+    {
+        reader = match coding.as_str() {
+            "" | "identity" => reader,
+            "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+            "deflate" => inflater(reader).map_err(|e| format!("deflate: {e}"))?,
+            "br" => Box::new(brotli_decompressor::Decompressor::new(reader, 64 * 1024)),
+            "zstd" => Box::new(
+                ruzstd::decoding::StreamingDecoder::new(reader)
+                    .map_err(|e| format!("zstd: {e}"))?,
+            ),
             other => return Err(format!("unknown content coding {other:?}")),
         };
     }
-    Ok(bytes)
+    let cap = limits.cap(body.len());
+    let mut written = 0u64;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut chunk) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(format!(
+                    "{content_encoding:?}: {e}",
+                    content_encoding = content_encoding.unwrap_or("")
+                ))
+            }
+        };
+        let room = (cap - written).min(n as u64) as usize;
+        out.write_all(&chunk[..room])
+            .map_err(|e| format!("cannot write the decoded body: {e}"))?;
+        written += room as u64;
+        if room < n {
+            let reason = if cap < limits.max_output {
+                format!(
+                    "more than {} times the {} bytes stored (a decompression bomb?)",
+                    limits.max_ratio,
+                    body.len()
+                )
+            } else {
+                format!("the cap of {} bytes", limits.max_output)
+            };
+            return Ok(Some(Stopped {
+                at: written,
+                reason,
+            }));
+        }
+    }
 }
 
-/// `deflate` is meant to be zlib-wrapped, but raw deflate is common.
-fn inflate(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    read_all(flate2::read::ZlibDecoder::new(bytes), "deflate")
-        .or_else(|_| read_all(flate2::read::DeflateDecoder::new(bytes), "deflate"))
-}
-
-fn read_all(mut reader: impl Read, coding: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    reader
-        .read_to_end(&mut out)
-        .map_err(|e| format!("{coding}: {e}"))?;
-    Ok(out)
+/// `deflate` is meant to be zlib-wrapped, but raw deflate is common: a
+/// zlib header says which.
+fn inflater<'a>(reader: Box<dyn Read + 'a>) -> std::io::Result<Box<dyn Read + 'a>> {
+    let mut reader = BufReader::new(reader);
+    let head = reader.fill_buf()?;
+    let zlib = head.len() >= 2
+        && head[0] & 0x0f == 8
+        && (u16::from(head[0]) << 8 | u16::from(head[1])) % 31 == 0;
+    Ok(if zlib {
+        Box::new(flate2::read::ZlibDecoder::new(reader))
+    } else {
+        Box::new(flate2::read::DeflateDecoder::new(reader))
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::decode;
+    use super::{decode as decode_limited, Limits};
     use std::io::Write;
+
+    fn decode(body: &[u8], coding: Option<&str>) -> Result<Vec<u8>, String> {
+        let (out, stopped) = decode_limited(body, coding, Limits::VIEW)?;
+        assert!(stopped.is_none(), "{stopped:?}");
+        Ok(out)
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_cap_and_says_so() {
+        let zeros = vec![0u8; 64 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&zeros).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 128 << 10, "{}", bomb.len());
+        let (out, stopped) = decode_limited(&bomb, Some("gzip"), Limits::VIEW).unwrap();
+        let stopped = stopped.expect("stopped");
+        // 100 times the ~64 KiB stored, under the 16 MiB cap.
+        assert_eq!(out.len() as u64, stopped.at);
+        assert_eq!(stopped.at, (bomb.len() as u64 * 100).max(1 << 20));
+        assert!(stopped.reason.contains("decompression bomb"), "{stopped}");
+        let generous = Limits {
+            max_output: 4 << 20,
+            max_ratio: 1_000_000,
+        };
+        let (out, stopped) = decode_limited(&bomb, Some("gzip"), generous).unwrap();
+        assert_eq!(out.len(), 4 << 20);
+        assert!(stopped.unwrap().reason.contains("cap of 4194304 bytes"));
+    }
 
     #[test]
     fn every_coding_is_undone() {

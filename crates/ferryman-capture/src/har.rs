@@ -93,12 +93,17 @@ fn entry(
             match response_body {
                 Some(bytes) => {
                     let encoding = header(&response.headers, "content-encoding");
-                    match decode(&bytes, encoding) {
-                        Ok(decoded) => {
+                    match decode(&bytes, encoding, crate::decode::Limits::VIEW) {
+                        Ok((decoded, None)) => {
                             content["size"] = json!(decoded.len());
                             content["compression"] =
                                 json!(decoded.len() as i64 - bytes.len() as i64);
                             put_text(&mut content, &decoded);
+                        }
+                        // Too large decoded (or a bomb): the stored bytes, as they are.
+                        Ok((_, Some(stopped))) => {
+                            put_text(&mut content, &bytes);
+                            content["comment"] = json!(format!("not decoded: {stopped}"));
                         }
                         Err(_) => put_text(&mut content, &bytes),
                     }

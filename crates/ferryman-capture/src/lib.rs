@@ -137,6 +137,11 @@ impl Capture {
         &self.inner.stats
     }
 
+    /// Exchanges begun and not yet in the index: at exit, those lost.
+    pub fn pending(&self) -> usize {
+        self.inner.pending.load(Ordering::Acquire)
+    }
+
     /// Bytes of bodies and records waiting for the store.
     pub fn queued_bytes(&self) -> usize {
         self.inner.queued.load(Ordering::Acquire)

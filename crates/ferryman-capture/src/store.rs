@@ -18,6 +18,13 @@ pub fn open(config: &CaptureConfig, data_dir: &Path) -> Result<Arc<dyn ObjectSto
             let dir = data_dir.join(store.dir.as_deref().unwrap_or(Path::new("capture")));
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("capture directory {}: {e}", dir.display()))?;
+            // Captures hold decrypted cookies and credentials: this user's only.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(|e| format!("capture directory {}: {e}", dir.display()))?;
+            }
             let local = LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| format!("capture directory {}: {e}", dir.display()))?;
             Ok(Arc::new(local))

@@ -16,8 +16,14 @@ pub struct UpstreamConfig {
     /// An idle pooled connection older than this is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Connections (busy and idle) one upstream host may have open at once.
+    /// Connections (busy and idle) one upstream host may have open at once,
+    /// over every worker thread.
     pub max_connections_per_host: usize,
+    /// Exchanges one client address may have in flight to one host at once
+    /// (0: no cap), so that one client cannot take a host's whole share;
+    /// more wait, then get 503. Raise it (or 0) where many clients share an
+    /// address.
+    pub max_connections_per_client: usize,
     /// Idle connections kept per upstream host.
     pub max_idle_per_host: usize,
     /// With `Expect: 100-continue`, how long to hold the client's body waiting
@@ -35,6 +41,7 @@ impl Default for UpstreamConfig {
             response_header_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
             max_connections_per_host: 256,
+            max_connections_per_client: 64,
             max_idle_per_host: 64,
             expect_continue_timeout: Duration::from_secs(1),
             max_response_header_bytes: 64 * 1024,

@@ -63,6 +63,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// A message framed both by `Transfer-Encoding` and `Content-Length`: RFC
+/// 9112 §6.3 lets the encoding win, but a proxy that relays the length next
+/// to a re-framed body lies to the next hop about where the message ends,
+/// so such a response is refused (as nginx does).
+pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH)
+}
+
 /// True when the message asks to switch protocols (`Connection: upgrade` plus
 /// an `Upgrade` field).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {

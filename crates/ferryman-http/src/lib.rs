@@ -4,6 +4,8 @@
 pub mod body;
 pub mod config;
 pub mod headers;
+pub mod limit;
+pub mod pace;
 pub mod prefixed;
 pub mod upstream;
 

@@ -1,3 +1,6 @@
+//! The `[proxy]` section: the HTTP proxy's listener, who may use it, and
+//! the limits and deadlines every client connection is held to.
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -20,9 +23,31 @@ pub struct ProxyConfig {
     /// Header fields per request; more get 431.
     pub max_headers: usize,
     /// A client connection with no request in progress is closed after this
-    /// (also bounds how long a request head may take to arrive).
+    /// (also bounds how long a request head may take to arrive); an HTTP/2
+    /// connection with no stream open too.
     #[serde(with = "humantime_serde")]
     pub client_idle_timeout: Duration,
+    /// A request body that sends nothing for this long is cut off (408)...
+    #[serde(with = "humantime_serde")]
+    pub request_body_timeout: Duration,
+    /// ...and so is one that averages fewer bytes per second than this
+    /// after its first `request_body_timeout` (0: no floor).
+    pub request_body_min_rate: u64,
+    /// A client that takes no byte of a response for this long is dropped.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// An intercepted TLS handshake, from the ClientHello on, must finish
+    /// within this.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// A CONNECT tunnel or upgraded connection (WebSocket) in which no byte
+    /// moves either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle_timeout: Duration,
+    /// HTTP/2 connections are pinged this often, and closed when a ping is
+    /// not answered within it ("0s": no pings).
+    #[serde(with = "humantime_serde")]
+    pub h2_keepalive_interval: Duration,
     /// Append the client address to `X-Forwarded-For`.
     pub x_forwarded_for: bool,
     /// Client connections served at once; more wait in the kernel's accept
@@ -39,6 +64,12 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 * 1024,
             max_headers: 100,
             client_idle_timeout: Duration::from_secs(60),
+            request_body_timeout: Duration::from_secs(60),
+            request_body_min_rate: 1024,
+            send_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(15),
+            tunnel_idle_timeout: Duration::from_secs(600),
+            h2_keepalive_interval: Duration::from_secs(30),
             x_forwarded_for: false,
             max_connections: 0,
         }
@@ -54,6 +85,14 @@ fn without_passwords<S: serde::Serializer>(pairs: &[String], s: S) -> Result<S::
 }
 
 impl ProxyConfig {
+    /// How fast a request body must move.
+    pub(crate) fn body_pace(&self) -> ferryman_http::pace::Pace {
+        ferryman_http::pace::Pace {
+            idle: self.request_body_timeout,
+            min_rate: self.request_body_min_rate,
+        }
+    }
+
     /// `max_connections`, with 0 resolved against the open-file limit.
     pub fn connection_limit(&self) -> usize {
         if self.max_connections > 0 {
@@ -98,11 +137,16 @@ impl ProxyConfig {
         if self.max_headers == 0 {
             errors.push(Invalid::new("proxy.max_headers", "must be at least 1"));
         }
-        if self.client_idle_timeout.is_zero() {
-            errors.push(Invalid::new(
-                "proxy.client_idle_timeout",
-                "must be greater than zero",
-            ));
+        for (key, value) in [
+            ("proxy.client_idle_timeout", self.client_idle_timeout),
+            ("proxy.request_body_timeout", self.request_body_timeout),
+            ("proxy.send_timeout", self.send_timeout),
+            ("proxy.tls_handshake_timeout", self.tls_handshake_timeout),
+            ("proxy.tunnel_idle_timeout", self.tunnel_idle_timeout),
+        ] {
+            if value.is_zero() {
+                errors.push(Invalid::new(key, "must be greater than zero"));
+            }
         }
     }
 }

@@ -16,11 +16,11 @@ use tokio_util::task::TaskTracker;
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
 use crate::inbound::auth::ProxyAuth;
-use crate::inbound::limit::Limit;
 use crate::outbound::dial::OwnAddrs;
 use crate::policy::Policy;
 use crate::session::Sessions;
 use crate::ProxyConfig;
+use ferryman_http::limit::Limit;
 
 /// The configuration the sessions starting now get; replaced whole by a
 /// reload, never changed in place.
@@ -53,8 +53,9 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
     /// Cancelled when the shutdown grace period is over.
     pub(crate) hard_stop: CancellationToken,
-    /// One place per client connection being served.
-    pub(crate) connections: Limit,
+    /// One place per client connection being served (and the tunnel it
+    /// turns into), and per upstream connection kept idle.
+    pub(crate) connections: Arc<Limit>,
     pub(crate) interception: Option<Arc<Interception>>,
     /// Cancelled when shutdown starts: connections finish what they are
     /// doing and close.

@@ -76,6 +76,10 @@ pub enum Command {
         /// Undo the Content-Encoding (gzip, deflate, br, zstd).
         #[arg(long)]
         decode: bool,
+        /// With --decode, write at most this many decoded bytes (a body can
+        /// be a decompression bomb; 1000 times the stored size at most too).
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+        max_decoded: u64,
         /// Write here instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,

@@ -81,11 +81,13 @@ pub fn har(config: &Config, request: HarRequest<'_>) -> Result<(), String> {
     write_out(&text, request.output)
 }
 
+/// Writes a stored body; with `decode`, its content coding undone, at
+/// most `max_decoded` bytes (a body can be a decompression bomb).
 pub fn body(
     config: &Config,
     id: &str,
     part: BodyPart,
-    decode: bool,
+    decode: Option<u64>,
     output: Option<&Path>,
 ) -> Result<(), String> {
     let id = ExchangeId::parse(id).ok_or_else(|| format!("{id:?} is not an exchange id"))?;
@@ -124,14 +126,22 @@ pub fn body(
             .body(id, part)
             .await?
             .ok_or_else(|| format!("the {} body of {id} is gone from the store", part.name()))?;
-        if !decode {
+        let Some(max_output) = decode else {
             return Ok(stored.to_vec());
-        }
+        };
         let encoding = headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("content-encoding"))
             .map(|(_, v)| v.as_str());
-        ferryman_capture::decode::decode(&stored, encoding)
+        let limits = ferryman_capture::decode::Limits {
+            max_output,
+            max_ratio: 1000,
+        };
+        let (decoded, stopped) = ferryman_capture::decode::decode(&stored, encoding, limits)?;
+        if let Some(stopped) = stopped {
+            eprintln!("warning: {stopped} (raise --max-decoded to get more)");
+        }
+        Ok(decoded)
     })?;
     write_out(&bytes, output)
 }

@@ -19,6 +19,10 @@ use crate::cli::{CaCommand, CertFormat, Cli, Command};
 use crate::config::Config;
 
 fn main() -> ExitCode {
+    // Everything ferryman writes (captures, the index, keys, exports) is
+    // this user's alone: captures hold decrypted cookies and credentials.
+    // SAFETY: umask only sets the process's file-creation mask.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { ref file }) => {
@@ -57,8 +61,10 @@ fn main() -> ExitCode {
             ref id,
             part,
             decode,
+            max_decoded,
             ref output,
         }) => offline(&cli, |config| {
+            let decode = decode.then_some(max_decoded);
             export::body(config, id, part, decode, output.as_deref())
         }),
         Some(Command::Ca(ref command)) => offline(&cli, |config| ca(config, command)),
@@ -199,6 +205,16 @@ fn run(
 ) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data_dir {}: {e}", config.data_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(&config.data_dir, private).map_err(|e| {
+            format!(
+                "cannot make data_dir {} private: {e}",
+                config.data_dir.display()
+            )
+        })?;
+    }
     let ca = std::sync::Arc::new(config.open_ca()?);
     tracing::info!(cert = %ca.cert_path().display(), "certificate authority");
     raise_open_file_limit();
@@ -252,7 +268,7 @@ fn run(
         };
         let admin = ferryman_admin::Admin::bind(&config.admin, &config.data_dir, parts)?;
         control.also_own(admin.local_addr());
-        Some(admin.spawn(shutdown.clone())?)
+        Some(admin.spawn(shutdown.clone(), config.shutdown_grace)?)
     } else {
         None
     };
@@ -283,14 +299,20 @@ fn run(
         }
     }
     if let Some(capture) = capture {
-        if !capture.settle_blocking(config.shutdown_grace) {
-            tracing::warn!("some captures were still being written at exit");
+        let settled = capture.settle_blocking(config.shutdown_grace);
+        let lost = capture.pending();
+        if !settled {
+            tracing::warn!(
+                records_lost = lost,
+                "captures were still waiting for the store at exit; they are lost"
+            );
         }
         let stats = capture.stats();
         let count = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             records_stored = count(&stats.records_stored),
             records_failed = count(&stats.records_failed),
+            records_lost = lost,
             bodies_stored = count(&stats.bodies_stored),
             bodies_failed = count(&stats.bodies_failed),
             "capture"

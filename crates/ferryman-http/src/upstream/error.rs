@@ -14,6 +14,8 @@ pub enum UpstreamError {
     Connect { addr: String, source: io::Error },
     #[error("connecting to {0} timed out")]
     ConnectTimeout(String),
+    #[error("this client already has its share of connections to {0} in use")]
+    ClientShare(String),
     #[error("TLS with {host} failed: {reason}")]
     Tls { host: String, reason: String },
     #[error("{0} is one of this proxy's own listeners")]
@@ -34,6 +36,7 @@ impl UpstreamError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::ConnectTimeout(_) | Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::ClientShare(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Loop(_) => StatusCode::LOOP_DETECTED,
             _ => StatusCode::BAD_GATEWAY,
         }

@@ -5,9 +5,11 @@
 
 mod connector;
 mod error;
+mod limits;
 mod pool;
 mod sent;
 
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -27,8 +29,10 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::debug;
 
+use crate::limit::Limit;
 pub use connector::{Conn, Connect, Connecting, Connector, ForwardingProxy, Io};
 pub use error::UpstreamError;
+use limits::Limits;
 use pool::{Checkout, Pool, PoolKey, Sender, Slot};
 pub use sent::SentBody;
 
@@ -38,8 +42,15 @@ use crate::UpstreamConfig;
 
 /// How upstream servers are talked to: timeouts and limits, and how their
 /// TLS is checked. Shared by the clients of every worker thread and
-/// replaced whole on reload; each exchange reads it once.
-pub struct UpstreamSettings(ArcSwap<ClientSide>);
+/// replaced whole on reload; each exchange reads it once. The caps on
+/// connections per host and per client hold across all of them.
+pub struct UpstreamSettings {
+    side: ArcSwap<ClientSide>,
+    limits: Arc<Limits>,
+    /// The sockets the process may hold: a connection kept idle takes a
+    /// place, and is closed instead when there is none.
+    places: Option<Arc<Limit>>,
+}
 
 struct ClientSide {
     config: UpstreamConfig,
@@ -53,15 +64,32 @@ struct ClientSide {
 }
 
 impl UpstreamSettings {
-    /// `tls` says how to check servers reached over https.
-    pub fn new(config: UpstreamConfig, tls: Arc<rustls::ClientConfig>) -> Arc<Self> {
-        Arc::new(Self(ArcSwap::from_pointee(ClientSide::new(config, tls, 0))))
+    /// `tls` says how to check servers reached over https; a connection
+    /// kept idle takes one of `places`.
+    pub fn new(
+        config: UpstreamConfig,
+        tls: Arc<rustls::ClientConfig>,
+        places: Option<Arc<Limit>>,
+    ) -> Arc<Self> {
+        let limits = Limits::new(
+            config.max_connections_per_host,
+            config.max_connections_per_client,
+        );
+        Arc::new(Self {
+            side: ArcSwap::from_pointee(ClientSide::new(config, tls, 0)),
+            limits,
+            places,
+        })
     }
 
     /// New settings for the exchanges that start from now on; with new
     /// `tls`, pooled connections are no longer handed out.
     pub fn set(&self, config: UpstreamConfig, tls: Option<Arc<rustls::ClientConfig>>) {
-        let current = self.0.load();
+        self.limits.resize(
+            config.max_connections_per_host,
+            config.max_connections_per_client,
+        );
+        let current = self.side.load();
         let side = match tls {
             Some(tls) => ClientSide::new(config, tls, current.tls_generation + 1),
             None => ClientSide {
@@ -71,11 +99,11 @@ impl UpstreamSettings {
                 tls_generation: current.tls_generation,
             },
         };
-        self.0.store(Arc::new(side));
+        self.side.store(Arc::new(side));
     }
 
     pub fn config(&self) -> UpstreamConfig {
-        self.0.load().config.clone()
+        self.side.load().config.clone()
     }
 }
 
@@ -117,6 +145,9 @@ pub struct Target {
     /// The client speaks HTTP/2 too, so new TLS connections may offer it.
     pub offer_http2: bool,
     pub connector: Connector,
+    /// Who the exchange is for: a client gets at most its share of a
+    /// host's connections (`max_connections_per_client`).
+    pub client: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for Target {
@@ -128,6 +159,7 @@ impl std::fmt::Debug for Target {
             .field("server_name", &self.server_name)
             .field("offer_http2", &self.offer_http2)
             .field("connector", &self.connector.name())
+            .field("client", &self.client)
             .finish()
     }
 }
@@ -143,6 +175,7 @@ impl Target {
             server_name: None,
             offer_http2: false,
             connector,
+            client: None,
         }
     }
 
@@ -232,7 +265,8 @@ impl UpstreamClient {
         let config = settings.config();
         Self {
             pool: Pool::new(
-                config.max_connections_per_host,
+                settings.limits.clone(),
+                settings.places.clone(),
                 config.max_idle_per_host,
                 config.idle_timeout,
             ),
@@ -248,7 +282,7 @@ impl UpstreamClient {
     }
 
     fn side(&self) -> Arc<ClientSide> {
-        self.settings.0.load_full()
+        self.settings.side.load_full()
     }
 
     /// A connection to `host:port` through `connector`, for tunnels.
@@ -299,6 +333,15 @@ impl UpstreamClient {
         let upgrade = headers::wants_upgrade(req.headers());
         let key = PoolKey::new(target, side.tls_generation, upgrade);
         let need = if upgrade { Use::Upgrade } else { Use::Pooled };
+        let deadline = Instant::now() + side.config.connect_timeout;
+        let place = self
+            .settings
+            .limits
+            .client(target.client, &key, deadline)
+            .await
+            .ok_or_else(|| {
+                UpstreamError::ClientShare(format!("{}:{}", target.authority.host(), target.port))
+            })?;
         let mut lease = self.lease(&side, &key, target, need).await?;
         // Replayable: nothing to resend but the head, resending is harmless,
         // and only a reused connection can have been closed under us.
@@ -348,6 +391,7 @@ impl UpstreamClient {
                         pool: self.pool.clone(),
                         key,
                         sender: lease.sender,
+                        _place: place,
                     });
                 Ok(response.map(|incoming| UpstreamBody::new(incoming, ticket)))
             }
@@ -643,11 +687,13 @@ fn head_only<B>(req: &Request<B>) -> Request<()> {
     copy
 }
 
-/// Returns a connection to the pool once its response has been read to the end.
+/// Returns a connection to the pool once its response has been read to the
+/// end; until then the exchange holds its client's place.
 struct Ticket {
     pool: Pool,
     key: PoolKey,
     sender: Sender,
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A response body from upstream. Read to its end, it frees its connection
@@ -698,6 +744,28 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         self.incoming.size_hint()
     }
+}
+
+/// A target through a way out no test takes.
+#[cfg(test)]
+pub(crate) fn test_target(authority: &'static str) -> Target {
+    struct Nowhere;
+
+    impl Connect for Nowhere {
+        fn name(&self) -> &str {
+            "nowhere"
+        }
+
+        fn pool_key(&self) -> u64 {
+            7
+        }
+
+        fn connect<'a>(&'a self, _: &'a str, _: u16, _: Instant) -> Connecting<'a> {
+            Box::pin(async { Err(UpstreamError::Closed) })
+        }
+    }
+
+    Target::http(Authority::from_static(authority), Arc::new(Nowhere))
 }
 
 #[cfg(test)]

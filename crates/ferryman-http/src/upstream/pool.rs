@@ -14,8 +14,10 @@ use hyper::client::conn::{http1, http2, TrySendError};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout_at, Instant};
 
+use super::limits::Limits;
 use super::sent::SentBody;
 use super::Target;
+use crate::limit::{Limit, Permit};
 
 /// One connection's request side.
 pub(crate) enum Sender {
@@ -111,14 +113,19 @@ impl PoolKey {
 struct Idle<S> {
     sender: S,
     since: Instant,
+    /// Its place among the sockets the process may hold.
+    _place: Option<Permit>,
 }
 
 struct Host {
     idle: Vec<Idle<http1::SendRequest<SentBody>>>,
     /// The open HTTP/2 connection, if any, and when it was last handed out.
     shared: Option<Idle<http2::SendRequest<SentBody>>>,
-    /// One permit per open connection; the connection's driver task holds it.
+    /// One permit per open connection, shared by every worker; the
+    /// connection's driver task holds it.
     slots: Arc<Semaphore>,
+    /// Connections this worker has open to the host.
+    open: usize,
     /// Signalled when a connection goes idle or closes, for waiters at the cap.
     freed: Arc<Notify>,
 }
@@ -150,16 +157,20 @@ impl Host {
         None
     }
 
-    fn is_unused(&self, max_per_host: usize) -> bool {
-        self.idle.is_empty()
-            && self.shared.is_none()
-            && self.slots.available_permits() == max_per_host
+    /// Nothing pooled and no connection open from this worker: its slots
+    /// are all in the shared semaphore or held by other workers.
+    fn is_unused(&self) -> bool {
+        self.idle.is_empty() && self.shared.is_none() && self.open == 0
     }
 }
 
 struct Shared {
     hosts: Mutex<HashMap<PoolKey, Host>>,
-    max_per_host: usize,
+    /// The caps every worker's pool shares.
+    limits: Arc<Limits>,
+    /// The sockets the process may hold, where each kept connection takes
+    /// a place; None: no cap.
+    places: Option<Arc<Limit>>,
     max_idle_per_host: usize,
     idle_timeout: Duration,
 }
@@ -173,12 +184,18 @@ pub(crate) enum Checkout {
 /// The right to open one connection to a host; release it when that connection closes.
 pub(crate) struct Slot {
     _permit: OwnedSemaphorePermit,
-    freed: Arc<Notify>,
+    pool: Weak<Shared>,
+    key: PoolKey,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.freed.notify_one();
+        if let Some(shared) = self.pool.upgrade() {
+            if let Some(host) = lock(&shared).get_mut(&self.key) {
+                host.open = host.open.saturating_sub(1);
+                host.freed.notify_one();
+            }
+        }
     }
 }
 
@@ -189,13 +206,15 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn new(
-        max_per_host: usize,
+        limits: Arc<Limits>,
+        places: Option<Arc<Limit>>,
         max_idle_per_host: usize,
         idle_timeout: Duration,
     ) -> Self {
         let shared = Arc::new(Shared {
             hosts: Mutex::new(HashMap::new()),
-            max_per_host,
+            limits,
+            places,
             max_idle_per_host,
             idle_timeout,
         });
@@ -213,18 +232,21 @@ impl Pool {
     ) -> Option<Checkout> {
         loop {
             let freed;
-            let notified = {
+            let (notified, slots) = {
                 let mut hosts = self.lock();
-                let max = self.shared.max_per_host;
                 // Looked up before inserting: the key is cloned only for a new host.
                 let host = match hosts.get_mut(key) {
                     Some(host) => host,
-                    None => hosts.entry(key.clone()).or_insert_with(|| Host {
-                        idle: Vec::new(),
-                        shared: None,
-                        slots: Arc::new(Semaphore::new(max)),
-                        freed: Arc::new(Notify::new()),
-                    }),
+                    None => {
+                        let slots = self.shared.limits.host(key);
+                        hosts.entry(key.clone()).or_insert_with(|| Host {
+                            idle: Vec::new(),
+                            shared: None,
+                            slots,
+                            open: 0,
+                            freed: Arc::new(Notify::new()),
+                        })
+                    }
                 };
                 if allow_idle {
                     if let Some(sender) = host.take_idle(self.shared.idle_timeout) {
@@ -232,19 +254,36 @@ impl Pool {
                     }
                 }
                 if let Ok(permit) = host.slots.clone().try_acquire_owned() {
-                    return Some(Checkout::Open(Slot {
-                        _permit: permit,
-                        freed: host.freed.clone(),
-                    }));
+                    host.open += 1;
+                    return Some(Checkout::Open(self.slot(permit, key)));
                 }
                 // Registered before the lock is released, so no wake-up, not
                 // even a new HTTP/2 connection waking everyone, is missed.
                 freed = host.freed.clone();
                 let mut notified = Box::pin(freed.notified());
                 notified.as_mut().enable();
-                notified
+                (notified, host.slots.clone())
             };
-            timeout_at(deadline, notified).await.ok()?;
+            // At the cap: a connection of this worker going idle, or a slot
+            // freed by any worker, whichever comes first.
+            tokio::select! {
+                () = notified => continue,
+                permit = timeout_at(deadline, slots.acquire_owned()) => {
+                    let permit = permit.ok()?.ok()?;
+                    if let Some(host) = self.lock().get_mut(key) {
+                        host.open += 1;
+                    }
+                    return Some(Checkout::Open(self.slot(permit, key)));
+                }
+            }
+        }
+    }
+
+    fn slot(&self, permit: OwnedSemaphorePermit, key: &PoolKey) -> Slot {
+        Slot {
+            _permit: permit,
+            pool: Arc::downgrade(&self.shared),
+            key: key.clone(),
         }
     }
 
@@ -277,13 +316,28 @@ impl Pool {
     }
 
     /// Makes a new HTTP/2 connection the one every exchange to `key` shares.
+    /// Without a place for it among the sockets the process may hold, it
+    /// serves the exchange that opened it and closes.
     pub(crate) fn share(&self, key: &PoolKey, sender: http2::SendRequest<SentBody>) {
+        let Some(place) = self.place() else {
+            return;
+        };
         if let Some(host) = self.lock().get_mut(key) {
             host.shared = Some(Idle {
                 sender,
                 since: Instant::now(),
+                _place: place,
             });
             host.freed.notify_waiters();
+        }
+    }
+
+    /// A place for one more kept connection: Some(None) without a cap,
+    /// None at the cap.
+    fn place(&self) -> Option<Option<Permit>> {
+        match &self.shared.places {
+            Some(places) => places.try_acquire().map(Some),
+            None => Some(None),
         }
     }
 
@@ -292,10 +346,15 @@ impl Pool {
         let Some(host) = hosts.get_mut(&key) else {
             return;
         };
-        if host.idle.len() < self.shared.max_idle_per_host {
+        if host.idle.len() >= self.shared.max_idle_per_host {
+            return;
+        }
+        // At the cap on sockets, the connection closes instead.
+        if let Some(place) = self.place() {
             host.idle.push(Idle {
                 sender,
                 since: Instant::now(),
+                _place: place,
             });
             host.freed.notify_one();
         }
@@ -339,41 +398,21 @@ async fn reap(shared: Weak<Shared>) {
             // Dropping the pool's handle closes an HTTP/2 connection once its
             // last exchange ends.
             host.live_http2(shared.idle_timeout);
-            !host.is_unused(shared.max_per_host)
+            !host.is_unused()
         });
+        drop(hosts);
+        shared.limits.sweep();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::{Connect, Connecting, Connector};
-
-    /// A way out the test never takes.
-    struct Nowhere;
-
-    impl Connect for Nowhere {
-        fn name(&self) -> &str {
-            "nowhere"
-        }
-
-        fn pool_key(&self) -> u64 {
-            7
-        }
-
-        fn connect<'a>(&'a self, _: &'a str, _: u16, _: Instant) -> Connecting<'a> {
-            Box::pin(async { Err(crate::UpstreamError::Closed) })
-        }
-    }
-
-    fn target(authority: &'static str) -> Target {
-        let nowhere: Connector = Arc::new(Nowhere);
-        Target::http(Authority::from_static(authority), nowhere)
-    }
+    use crate::upstream::test_target as target;
 
     #[tokio::test]
     async fn cap_makes_checkout_wait_for_a_freed_slot() {
-        let pool = Pool::new(1, 4, Duration::from_secs(60));
+        let pool = Pool::new(Limits::new(1, 0), None, 4, Duration::from_secs(60));
         let key = PoolKey::new(&target("Example"), 0, false);
         let soon = Instant::now() + Duration::from_millis(50);
         let Some(Checkout::Open(first)) = pool.checkout(&key, true, soon).await else {
@@ -396,5 +435,36 @@ mod tests {
         assert!(waiter.await.unwrap(), "a freed slot wakes the waiter");
         let same = PoolKey::new(&target("example:80"), 0, false);
         assert_eq!(pool.idle_count(&same), 0);
+    }
+
+    #[tokio::test]
+    async fn the_cap_per_host_holds_across_the_pools_of_every_worker() {
+        let limits = Limits::new(1, 0);
+        let (one, two) = (
+            Pool::new(limits.clone(), None, 4, Duration::from_secs(60)),
+            Pool::new(limits, None, 4, Duration::from_secs(60)),
+        );
+        let key = PoolKey::new(&target("shared"), 0, false);
+        let soon = || Instant::now() + Duration::from_millis(30);
+        let Some(Checkout::Open(held)) = one.checkout(&key, true, soon()).await else {
+            panic!("the first worker opens");
+        };
+        assert!(
+            two.checkout(&key, true, soon()).await.is_none(),
+            "the other worker waits"
+        );
+        let waiter = {
+            let key = key.clone();
+            tokio::spawn(async move {
+                two.checkout(&key, true, Instant::now() + Duration::from_secs(30))
+                    .await
+                    .is_some()
+            })
+        };
+        drop(held);
+        assert!(
+            waiter.await.unwrap(),
+            "a slot freed by one worker wakes the other"
+        );
     }
 }

@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use ferryman_capture::TlsFacts;
 use ferryman_http::body::{Direction, Observed};
+use ferryman_http::headers::wants_upgrade;
 use ferryman_http::ProxyBody;
-use http::{Request, Response, StatusCode, Version};
+use http::header::{HeaderValue, CONNECTION};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::closable::Closable;
+use super::deadline::SendDeadline;
 use super::guard::FramingGuard;
 use super::local;
 use super::witness::{Entry, Witness};
@@ -72,16 +75,20 @@ pub(crate) async fn serve<IO, R>(
         closed: parent.cancelled().clone(),
     };
     let client = parent.client();
+    // Only HTTP/2 needs to know when a connection is idle.
+    let busy = (protocol == Protocol::Http2).then(Busy::new);
     let exchanges = Arc::new(Exchanges {
         worker,
         parent,
         tls: tls.map(Arc::new),
         route,
+        busy: busy.clone(),
     });
     let service = service_fn(move |req| {
         let exchanges = exchanges.clone();
         async move { Ok::<_, Infallible>(exchanges.handle(req).await) }
     });
+    let io = SendDeadline::new(io, config.send_timeout);
     let result = match protocol {
         Protocol::Http1 => {
             let io = TokioIo::new(FramingGuard::new(
@@ -100,12 +107,25 @@ pub(crate) async fn serve<IO, R>(
             stops.drain(conn, |c| c.graceful_shutdown()).await
         }
         Protocol::Http2 => {
+            let pings = Some(config.h2_keepalive_interval).filter(|i| !i.is_zero());
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(pings)
+                .keep_alive_timeout(config.h2_keepalive_interval)
                 .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
                 .serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
-            stops.drain(conn, |c| c.graceful_shutdown()).await
+            // HTTP/1's idle deadline is hyper's head timeout; HTTP/2 has
+            // none: a connection with no stream open is asked to go away.
+            let idle = async {
+                match busy {
+                    Some(busy) => busy.idle_for(config.client_idle_timeout).await,
+                    None => std::future::pending().await,
+                }
+            };
+            stops
+                .drain_or_idle(conn, idle, |c| c.graceful_shutdown())
+                .await
         }
     };
     if let Err(e) = result {
@@ -126,6 +146,8 @@ struct Exchanges<R> {
     /// Inside intercepted TLS, what the handshake said.
     tls: Option<Arc<TlsFacts>>,
     route: R,
+    /// Exchanges open on the connection, for HTTP/2.
+    busy: Option<Busy>,
 }
 
 impl<R: Route> Exchanges<R> {
@@ -138,7 +160,12 @@ impl<R: Route> Exchanges<R> {
             self.route.target(&req),
         ));
         let client_version = req.version();
+        let connect = req.method() == Method::CONNECT;
+        let asks_tunnel = connect || wants_upgrade(req.headers());
         witness.request(client_version, req.headers());
+        if let Some(busy) = &self.busy {
+            witness.hold(busy.enter());
+        }
         if let Some(tls) = &self.tls {
             witness.tls(tls);
         }
@@ -159,8 +186,80 @@ impl<R: Route> Exchanges<R> {
             Version::HTTP_2 => Version::HTTP_2,
             _ => Version::HTTP_11,
         };
+        // A refused CONNECT or upgrade ends an HTTP/1 connection: bytes the
+        // client sent for the tunnel must never be read as requests (the
+        // framing guard stopped following this connection at its head).
+        let tunnelled = if connect {
+            response.status().is_success()
+        } else {
+            response.status() == StatusCode::SWITCHING_PROTOCOLS
+        };
+        if asks_tunnel && !tunnelled && client_version != Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         witness.respond(&response);
         response.map(|b| Observed::new(Closable::new(b, closed), witness, Direction::Down))
+    }
+}
+
+/// How many exchanges a connection has open, and since when none.
+#[derive(Clone)]
+pub(crate) struct Busy(Arc<BusyState>);
+
+struct BusyState {
+    open: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+/// One exchange open on a connection, until dropped.
+pub(crate) struct BusyGuard(Busy);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let state = &(self.0).0;
+        if state.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            state.changed.notify_waiters();
+        }
+    }
+}
+
+impl Busy {
+    fn new() -> Self {
+        Self(Arc::new(BusyState {
+            open: Default::default(),
+            changed: tokio::sync::Notify::new(),
+        }))
+    }
+
+    fn enter(&self) -> BusyGuard {
+        if self
+            .0
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            == 0
+        {
+            self.0.changed.notify_waiters();
+        }
+        BusyGuard(self.clone())
+    }
+
+    /// Resolves once no exchange has been open for `limit`.
+    async fn idle_for(self, limit: std::time::Duration) {
+        loop {
+            let changed = self.0.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.0.open.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(limit) => return,
+                () = changed => {}
+            }
+        }
     }
 }
 
@@ -194,5 +293,28 @@ impl Stops {
             _ = self.hard_stop.cancelled() => Ok(()),
             _ = self.closed.cancelled() => Ok(()),
         }
+    }
+
+    /// [`Stops::drain`], also asking the connection to finish gracefully
+    /// once `idle` resolves.
+    async fn drain_or_idle<C>(
+        &self,
+        mut conn: std::pin::Pin<&mut C>,
+        idle: impl Future<Output = ()>,
+        graceful: impl Fn(std::pin::Pin<&mut C>),
+    ) -> hyper::Result<()>
+    where
+        C: Future<Output = hyper::Result<()>>,
+    {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            () = idle => {
+                debug!("idle HTTP/2 connection: going away");
+                graceful(conn.as_mut())
+            }
+            _ = self.stopping.cancelled() => graceful(conn.as_mut()),
+            _ = self.closed.cancelled() => return Ok(()),
+        }
+        self.drain(conn, graceful).await
     }
 }

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use ferryman_capture::BodyTap;
 
+use super::deadline::Activity;
 use crate::session::SessionGuard;
 
 /// Told about the bytes read from and written to a client.
@@ -29,16 +30,37 @@ impl Meter for Arc<SessionGuard> {
     }
 }
 
+/// A tunnel's client socket: counted for the session, and each byte
+/// keeps the tunnel from being idle.
+pub(crate) struct TunnelMeter {
+    pub(crate) session: Arc<SessionGuard>,
+    pub(crate) activity: Activity,
+}
+
+impl Meter for TunnelMeter {
+    fn read(&self, bytes: &[u8]) {
+        self.activity.touch();
+        self.session.read(bytes);
+    }
+
+    fn wrote(&self, bytes: &[u8]) {
+        self.activity.touch();
+        self.session.wrote(bytes);
+    }
+}
+
 /// A WebSocket (or any upgraded) relay: the socket already counts for the
 /// connection, so these bytes are the session's own, and its frames are
 /// kept as the exchange's request and response bodies.
 pub(crate) struct UpgradeMeter {
     pub(crate) session: Arc<SessionGuard>,
     pub(crate) taps: Option<[BodyTap; 2]>,
+    pub(crate) activity: Activity,
 }
 
 impl Meter for UpgradeMeter {
     fn read(&self, bytes: &[u8]) {
+        self.activity.touch();
         self.session.adopt_bytes(bytes.len() as u64, 0);
         if let Some([up, _]) = &self.taps {
             up.data_slice(bytes);
@@ -46,6 +68,7 @@ impl Meter for UpgradeMeter {
     }
 
     fn wrote(&self, bytes: &[u8]) {
+        self.activity.touch();
         self.session.adopt_bytes(0, bytes.len() as u64);
         if let Some([_, down]) = &self.taps {
             down.data_slice(bytes);

@@ -3,10 +3,15 @@
 //! asks for the body, and a `101` joining the two connections into a tunnel.
 
 use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferryman_http::body::{self, Direction, Gate, GatedBody, Observed};
-use ferryman_http::headers::{append_forwarded_for, strip_hop_by_hop, wants_upgrade};
+use ferryman_http::headers::{
+    ambiguous_framing, append_forwarded_for, strip_hop_by_hop, wants_upgrade,
+};
+use ferryman_http::pace::{Pace, Paced};
 use ferryman_http::upstream::UpstreamBody;
 use ferryman_http::{ProxyBody, Target};
 use http::header::{HeaderValue, EXPECT, HOST};
@@ -20,29 +25,62 @@ use super::local;
 use super::tunnel;
 use super::witness::Witness;
 use crate::context::Worker;
+use crate::ProxyConfig;
 
-/// Sends `req` to `target` for a client at `client` (added to
-/// `X-Forwarded-For` with `x_forwarded_for`) and relays the answer.
+/// What forwarding takes from the settings in force.
+pub(crate) struct Forwarding {
+    /// The client, to add to `X-Forwarded-For`.
+    pub(crate) forwarded_for: Option<IpAddr>,
+    /// How fast the request body must come.
+    pub(crate) pace: Pace,
+    /// How long an upgraded connection may carry nothing.
+    pub(crate) tunnel_idle: Duration,
+}
+
+impl Forwarding {
+    pub(crate) fn new(config: &ProxyConfig, client: IpAddr) -> Self {
+        Self {
+            forwarded_for: config.x_forwarded_for.then_some(client),
+            pace: config.body_pace(),
+            tunnel_idle: config.tunnel_idle_timeout,
+        }
+    }
+}
+
+/// Sends `req` to `target` and relays the answer.
 pub(crate) async fn exchange(
     worker: &Arc<Worker>,
-    client: IpAddr,
-    x_forwarded_for: bool,
+    how: Forwarding,
     mut req: Request<Incoming>,
     target: Target,
     witness: &Arc<Witness>,
 ) -> Response<ProxyBody> {
     let upgrade = wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let client = x_forwarded_for.then_some(client);
-    let (upstream_req, gate) =
-        upstream_request(worker, client, req, &target.authority, upgrade, witness);
+    let (upstream_req, gate, slow) =
+        upstream_request(worker, &how, req, &target.authority, upgrade, witness);
     let result = worker.upstream.send(&target, upstream_req).await;
     if let Some(gate) = gate {
         gate.close();
         witness.hold_gate(gate);
     }
     match result {
-        Ok(response) => downstream_response(worker, response, client_upgrade, witness),
+        Err(_) if slow.load(std::sync::atomic::Ordering::Acquire) => {
+            let reason = TooSlowAnswer(how.pace);
+            witness.fail(&reason);
+            local::text(StatusCode::REQUEST_TIMEOUT, reason)
+        }
+        Ok(response) if ambiguous_framing(response.headers()) => {
+            // Dropping the body unread closes the connection: nothing more
+            // is read from an upstream that framed a message two ways.
+            let reason = "upstream sent both Transfer-Encoding and Content-Length";
+            debug!(authority = %target.authority, "{reason}");
+            witness.fail(reason);
+            local::text(StatusCode::BAD_GATEWAY, reason)
+        }
+        Ok(response) => {
+            downstream_response(worker, response, client_upgrade, witness, how.tunnel_idle)
+        }
         Err(e) => {
             debug!(error = %e, authority = %target.authority, "upstream failed");
             witness.fail(&e);
@@ -56,12 +94,12 @@ pub(crate) async fn exchange(
 /// until the returned gate opens.
 fn upstream_request(
     worker: &Worker,
-    forwarded_for: Option<IpAddr>,
+    how: &Forwarding,
     req: Request<Incoming>,
     authority: &Authority,
     upgrade: bool,
     witness: &Arc<Witness>,
-) -> (Request<ProxyBody>, Option<Gate>) {
+) -> (Request<ProxyBody>, Option<Gate>, Arc<AtomicBool>) {
     let (mut parts, incoming) = req.into_parts();
     let expects_continue = parts
         .headers
@@ -83,15 +121,20 @@ fn upstream_request(
         }
     }
     worker.shared.via.append(&mut parts.headers, parts.version);
-    if let Some(client) = forwarded_for {
+    if let Some(client) = how.forwarded_for {
         append_forwarded_for(&mut parts.headers, client);
     }
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
 
-    let observed = Observed::new(incoming, witness.clone(), Direction::Up);
+    let (paced, slow) = Paced::new(incoming, how.pace);
+    let observed = Observed::new(paced, witness.clone(), Direction::Up);
     if !expects_continue {
-        return (Request::from_parts(parts, body::boxed(observed)), None);
+        return (
+            Request::from_parts(parts, body::boxed(observed)),
+            None,
+            slow,
+        );
     }
     let wait = worker.upstream.config().expect_continue_timeout;
     let (gated, gate) = GatedBody::new(observed, wait);
@@ -102,7 +145,20 @@ fn upstream_request(
             opener.open();
         }
     });
-    (req, Some(gate))
+    (req, Some(gate), slow)
+}
+
+/// Why a request got 408.
+struct TooSlowAnswer(Pace);
+
+impl std::fmt::Display for TooSlowAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body was too slow: nothing for {:?}, or under {} bytes/s on average",
+            self.0.idle, self.0.min_rate
+        )
+    }
 }
 
 /// The upstream's answer as the client gets it; a 101 also joins the
@@ -112,6 +168,7 @@ fn downstream_response(
     mut response: Response<UpstreamBody>,
     client_upgrade: Option<OnUpgrade>,
     witness: &Arc<Witness>,
+    tunnel_idle: Duration,
 ) -> Response<ProxyBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
@@ -123,7 +180,8 @@ fn downstream_response(
             );
         };
         let on_upstream = hyper::upgrade::on(&mut response);
-        tunnel::splice_upgrade(&worker.shared, on_client, on_upstream, witness.clone());
+        let witness = witness.clone();
+        tunnel::splice_upgrade(&worker.shared, on_client, on_upstream, witness, tunnel_idle);
     }
     strip_hop_by_hop(response.headers_mut(), switching);
     let version = response.version();

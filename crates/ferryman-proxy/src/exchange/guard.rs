@@ -5,8 +5,14 @@
 //! server to). A proxy must not forward such a request at all, so this
 //! wrapper follows the framing of every request on the connection and, on a
 //! head with both fields, corrupts that head with a NUL byte: hyper then
-//! answers 400 and closes, and nothing reaches the upstream. Anything this
-//! scanner cannot follow it leaves alone; hyper rejects malformed input itself.
+//! answers 400 and closes, and nothing reaches the upstream.
+//!
+//! It fails closed: framing it cannot follow (a head httparse refuses, a
+//! chunk size it cannot read) is corrupted the same way at the first byte
+//! it cannot follow, so it never stops watching a connection that goes on.
+//! It stops only where the connection cannot go on as HTTP: after a CONNECT
+//! or an upgrade request (a refusal of those closes the connection), and
+//! after a head too large for hyper, which answers 431 and closes.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -24,11 +30,16 @@ pub(crate) struct FramingGuard<T> {
     scanner: Scanner,
 }
 
+/// Bytes a head may exceed hyper's limit by before the scanner leaves it
+/// to hyper: past it, hyper has certainly refused it.
+const HEAD_SLACK: usize = 4096;
+
 impl<T> FramingGuard<T> {
+    /// `max_head` and `max_headers` are hyper's limits for the connection.
     pub(crate) fn new(inner: T, max_head: usize, max_headers: usize) -> Self {
         Self {
             inner,
-            scanner: Scanner::new(max_head, max_headers),
+            scanner: Scanner::new(max_head + HEAD_SLACK, max_headers),
         }
     }
 
@@ -106,8 +117,11 @@ enum State {
     /// This many bytes of a Content-Length body are still to come.
     Fixed(u64),
     Chunked(Chunk),
-    /// Not following this connection any more (tunnel, or input hyper rejects).
-    Off,
+    /// After a CONNECT or an upgrade request: the connection turns into a
+    /// tunnel, or its refusal closes it.
+    Tunnel,
+    /// A head longer than hyper takes: hyper answers 431 and closes.
+    Oversized,
     Rejected,
 }
 
@@ -115,7 +129,10 @@ enum State {
 enum Chunk {
     Size {
         value: u64,
+        /// Digits after leading zeros: more than 16 overflow.
         digits: u8,
+        /// Any digit at all, zeros included.
+        any: bool,
     },
     /// Chunk extensions or the CR before LF: skipped up to the LF.
     SizeLineEnd {
@@ -147,7 +164,7 @@ impl Scanner {
         let mut data = read;
         while !data.is_empty() {
             data = match &mut self.state {
-                State::Off | State::Rejected => return Verdict::Pass,
+                State::Tunnel | State::Oversized | State::Rejected => return Verdict::Pass,
                 State::Fixed(left) => {
                     let take = (*left).min(data.len() as u64) as usize;
                     *left -= take as u64;
@@ -157,15 +174,19 @@ impl Scanner {
                     &data[take..]
                 }
                 State::Chunked(chunk) => match step_chunked(chunk, data) {
-                    Some((rest, done)) => {
+                    Ok((rest, done)) => {
                         if done {
                             self.state = State::Head(Vec::new());
                         }
                         rest
                     }
-                    None => {
-                        self.state = State::Off;
-                        return Verdict::Pass;
+                    Err(bad) => {
+                        // Corrupted at the byte it cannot follow: hyper,
+                        // decoding the same body, fails there too.
+                        self.state = State::Rejected;
+                        return Verdict::Reject {
+                            at: read.len() - data.len() + bad,
+                        };
                     }
                 },
                 State::Head(partial) => {
@@ -182,11 +203,15 @@ impl Scanner {
                                 partial.extend_from_slice(data);
                             }
                             if partial.len() > self.max_head {
-                                self.state = State::Off;
+                                self.state = State::Oversized;
                             }
                             return Verdict::Pass;
                         }
-                        Head::Ambiguous => {
+                        Head::TooLarge => {
+                            self.state = State::Oversized;
+                            return Verdict::Pass;
+                        }
+                        Head::Ambiguous | Head::Unfollowable => {
                             let at = if from_partial == 0 {
                                 read.len() - data.len()
                             } else {
@@ -194,10 +219,6 @@ impl Scanner {
                             };
                             self.state = State::Rejected;
                             return Verdict::Reject { at };
-                        }
-                        Head::Unfollowable => {
-                            self.state = State::Off;
-                            return Verdict::Pass;
                         }
                         Head::Complete { len, next } => {
                             let consumed = len - from_partial;
@@ -216,29 +237,40 @@ enum Head {
     Partial,
     Ambiguous,
     Unfollowable,
+    TooLarge,
     Complete { len: usize, next: State },
 }
 
 /// Heads with up to this many fields are parsed without a heap allocation.
 const STACK_HEADERS: usize = 128;
 
+/// Reads a head with room for `max_headers` fields: on the stack for the
+/// usual few, on the heap only for a head that has more.
 fn inspect_head(bytes: &[u8], max_headers: usize) -> Head {
     let mut on_stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
-    let mut on_heap = Vec::new();
-    let headers = if max_headers <= STACK_HEADERS {
-        &mut on_stack[..max_headers]
-    } else {
-        on_heap.resize_with(max_headers, MaybeUninit::uninit);
-        &mut on_heap[..]
-    };
+    let room = max_headers.min(STACK_HEADERS);
+    match inspect_with(bytes, &mut on_stack[..room]) {
+        Head::TooLarge if max_headers > STACK_HEADERS => {
+            let mut on_heap = Vec::new();
+            on_heap.resize_with(max_headers, MaybeUninit::uninit);
+            inspect_with(bytes, &mut on_heap)
+        }
+        head => head,
+    }
+}
+
+fn inspect_with<'h>(bytes: &'h [u8], headers: &mut [MaybeUninit<httparse::Header<'h>>]) -> Head {
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(bytes, headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Head::Partial,
+        // More fields than hyper takes: hyper answers 431 and closes.
+        Err(httparse::Error::TooManyHeaders) => return Head::TooLarge,
         Err(_) => return Head::Unfollowable,
     };
     let mut chunked = None;
     let mut length: Option<u64> = None;
+    let mut upgrade = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = std::str::from_utf8(h.value)
@@ -257,25 +289,34 @@ fn inspect_head(bytes: &[u8], max_headers: usize) -> Head {
                 return Head::Unfollowable;
             }
             length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
         }
     }
     let next = match (chunked, length) {
         (Some(_), Some(_)) => return Head::Ambiguous,
+        (Some(false), None) => return Head::Unfollowable,
+        // What follows may be a tunnel's bytes: hyper takes the connection
+        // over, or closes it once the request is refused.
+        _ if upgrade || req.method == Some("CONNECT") => State::Tunnel,
         (Some(true), None) => State::Chunked(Chunk::Size {
             value: 0,
             digits: 0,
+            any: false,
         }),
-        (Some(false), None) => return Head::Unfollowable,
         (None, Some(n)) if n > 0 => State::Fixed(n),
-        _ if req.method == Some("CONNECT") => State::Off,
         _ => State::Head(Vec::new()),
     };
     Head::Complete { len, next }
 }
 
 /// Advances through chunked framing. Returns the bytes after the body when it
-/// ends (`true`), or `None` for framing hyper will reject anyway.
-fn step_chunked<'a>(chunk: &mut Chunk, mut data: &'a [u8]) -> Option<(&'a [u8], bool)> {
+/// ends (`true`), or, for framing it cannot follow (which hyper refuses
+/// too), the offset of the first byte it cannot follow.
+fn step_chunked<'a>(chunk: &mut Chunk, data: &'a [u8]) -> Result<(&'a [u8], bool), usize> {
+    let whole = data.len();
+    let mut data = data;
+    let bad = |data: &[u8]| whole - data.len();
     while let Some(&byte) = data.first() {
         if let Chunk::Data(left) = chunk {
             let take = (*left).min(data.len() as u64) as usize;
@@ -286,18 +327,26 @@ fn step_chunked<'a>(chunk: &mut Chunk, mut data: &'a [u8]) -> Option<(&'a [u8], 
             data = &data[take..];
             continue;
         }
+        let here = bad(data);
         data = &data[1..];
         *chunk = match *chunk {
-            Chunk::Size { value, digits } => match (byte as char).to_digit(16) {
+            Chunk::Size { value, digits, any } => match (byte as char).to_digit(16) {
+                // Leading zeros do not count towards the 16 digits a u64 holds.
+                Some(0) if value == 0 => Chunk::Size {
+                    value,
+                    digits,
+                    any: true,
+                },
                 Some(d) if digits < 16 => Chunk::Size {
                     value: value * 16 + u64::from(d),
                     digits: digits + 1,
+                    any: true,
                 },
-                None if digits > 0 && matches!(byte, b';' | b' ' | b'\t' | b'\r') => {
+                None if any && matches!(byte, b';' | b' ' | b'\t' | b'\r') => {
                     Chunk::SizeLineEnd { value }
                 }
-                None if digits > 0 && byte == b'\n' => size_line_done(value),
-                _ => return None,
+                None if any && byte == b'\n' => size_line_done(value),
+                _ => return Err(here),
             },
             Chunk::SizeLineEnd { value } if byte == b'\n' => size_line_done(value),
             keep @ Chunk::SizeLineEnd { .. } => keep,
@@ -306,19 +355,20 @@ fn step_chunked<'a>(chunk: &mut Chunk, mut data: &'a [u8]) -> Option<(&'a [u8], 
                 b'\n' => Chunk::Size {
                     value: 0,
                     digits: 0,
+                    any: false,
                 },
-                _ => return None,
+                _ => return Err(here),
             },
             Chunk::Trailer { line_empty } => match byte {
-                b'\n' if line_empty => return Some((data, true)),
+                b'\n' if line_empty => return Ok((data, true)),
                 b'\n' => Chunk::Trailer { line_empty: true },
                 b'\r' => Chunk::Trailer { line_empty },
                 _ => Chunk::Trailer { line_empty: false },
             },
-            Chunk::Data(_) => return None,
+            Chunk::Data(_) => return Err(here),
         };
     }
-    Some((data, false))
+    Ok((data, false))
 }
 
 fn size_line_done(value: u64) -> Chunk {
@@ -389,12 +439,49 @@ mod tests {
     }
 
     #[test]
-    fn connect_stops_scanning() {
-        let v = scan(&[
-            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-        ]);
-        assert_eq!(v, [Verdict::Pass, Verdict::Pass]);
+    fn connect_and_upgrade_stop_scanning() {
+        for first in [
+            &b"CONNECT a:443 HTTP/1.1\r\n\r\n"[..],
+            &b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
+        ] {
+            // A tunnel's bytes are anything: a refusal closes the connection.
+            let v = scan(&[first, b"\x81\x85 not a head\r\n\r\n"]);
+            assert_eq!(v, [Verdict::Pass, Verdict::Pass]);
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_followed_is_refused_where_it_starts() {
+        // A head httparse refuses, after a good one.
+        let good = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let bad = b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n";
+        assert_eq!(
+            scan(&[&[&good[..], &bad[..]].concat()]),
+            [Verdict::Reject { at: good.len() }]
+        );
+        // A chunk size that is not hex, at the bad byte.
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            scan(&[head, b"5\r\nhello\r\nz\r\n"]),
+            [Verdict::Pass, Verdict::Reject { at: 10 }]
+        );
+        // More than 16 significant digits overflow a u64...
+        assert_eq!(
+            scan(&[head, b"10000000000000000\r\n"]),
+            [Verdict::Pass, Verdict::Reject { at: 16 }]
+        );
+    }
+
+    #[test]
+    fn leading_zeros_in_a_chunk_size_keep_the_guard_watching() {
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let body = b"00000000000000000001\r\nx\r\n0\r\n\r\n";
+        let smuggled =
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            scan(&[head, body, smuggled]),
+            [Verdict::Pass, Verdict::Pass, Verdict::Reject { at: 0 }]
+        );
     }
 
     /// A small deterministic generator, so failures replay exactly.

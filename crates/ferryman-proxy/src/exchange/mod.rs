@@ -12,6 +12,7 @@
 pub(crate) mod closable;
 pub(crate) mod connection;
 pub(crate) mod counted;
+pub(crate) mod deadline;
 pub(crate) mod forward;
 pub(crate) mod guard;
 pub(crate) mod intercept;

@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use super::deadline::Activity;
 use crate::session::Session;
 
 /// Bytes moved per splice call, and the pipe size asked for.
@@ -15,15 +16,22 @@ const CHUNK: usize = 1 << 20;
 
 /// Relays between a client and an upstream until both directions have
 /// ended, half-closing each side as its peer finishes; the session counts
-/// the client's bytes as they move.
+/// the client's bytes as they move, and `activity` hears of each.
 pub(crate) async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     session: &Session,
+    activity: &Activity,
 ) -> io::Result<()> {
     tokio::try_join!(
-        one_way(client, upstream, |n| session.socket_bytes(n, 0)),
-        one_way(upstream, client, |n| session.socket_bytes(0, n)),
+        one_way(client, upstream, |n| {
+            activity.touch();
+            session.socket_bytes(n, 0)
+        }),
+        one_way(upstream, client, |n| {
+            activity.touch();
+            session.socket_bytes(0, n)
+        }),
     )
     .map(|_| ())
 }

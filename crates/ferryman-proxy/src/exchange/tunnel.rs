@@ -3,6 +3,7 @@
 //! connections that switched protocols (101).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferryman_http::body;
 use ferryman_http::upstream::Conn;
@@ -15,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::counted::{Counted, UpgradeMeter};
+use super::counted::{Counted, TunnelMeter, UpgradeMeter};
+use super::deadline::{Activity, SendDeadline};
 use super::guard::FramingGuard;
 use super::local;
 use super::witness::Witness;
@@ -28,7 +30,7 @@ const TUNNEL_BUFFER: usize = 64 * 1024;
 
 /// The IO type hyper serves client connections on; a tunnel unwraps it to
 /// copy straight between sockets.
-pub(crate) type ClientIo = TokioIo<FramingGuard<Counted<TcpStream>>>;
+pub(crate) type ClientIo = TokioIo<FramingGuard<SendDeadline<Counted<TcpStream>>>>;
 
 /// The upstream side of a tunnel to `target`; on failure, the answer the
 /// client gets (which closes its connection).
@@ -68,27 +70,34 @@ pub(crate) fn refuse(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
     response
 }
 
-/// After a 101 has gone out, joins the client and the upstream connection.
+/// After a 101 has gone out, joins the client and the upstream connection,
+/// until both are done or nothing moves for `idle`.
 pub(crate) fn splice_upgrade(
     shared: &Shared,
     on_client: OnUpgrade,
     on_upstream: OnUpgrade,
     witness: Arc<Witness>,
+    idle: Duration,
 ) {
     witness.set_kind(Kind::Websocket);
     spawn_until_stopped(shared, witness.clone(), async move {
         match tokio::try_join!(on_client, on_upstream) {
             Ok((client, upstream)) => {
+                let activity = Activity::new();
                 let meter = UpgradeMeter {
                     session: witness.session().clone(),
                     taps: witness.stream_taps(),
+                    activity: activity.clone(),
                 };
                 let mut client = Counted::new(TokioIo::new(client), meter);
-                let copied = pump(&mut client, &mut TokioIo::new(upstream)).await;
+                let mut upstream = TokioIo::new(upstream);
+                let copied = activity
+                    .bounded(idle, pump(&mut client, &mut upstream))
+                    .await;
                 if let Some(taps) = &client.meter().taps {
                     taps.iter().for_each(|tap| tap.end(copied.is_ok()));
                 }
-                record(copied.map(|_| ()), &witness);
+                record(copied, &witness);
             }
             Err(e) => debug!(error = %e, "upgrade did not complete"),
         }
@@ -126,7 +135,8 @@ impl ClientSide {
     pub(crate) fn of(upgraded: Upgraded, witness: &Witness) -> Self {
         match upgraded.downcast::<ClientIo>() {
             Ok(parts) => {
-                let socket = parts.io.into_inner().into_inner().into_inner();
+                let guard = parts.io.into_inner();
+                let socket = guard.into_inner().into_inner().into_inner();
                 let early = parts.read_buf;
                 witness.session().adopt_bytes(early.len() as u64, 0);
                 ClientSide::Socket(socket, early)
@@ -136,32 +146,52 @@ impl ClientSide {
     }
 }
 
-/// Relays a tunnel whose client side is not a plain socket; its bytes are
-/// counted where that socket is.
-pub(crate) async fn relay_upgraded(upgraded: Upgraded, mut upstream: Conn, witness: &Witness) {
+/// Relays a tunnel whose client side is not a plain socket (its bytes are
+/// counted where that socket is), until nothing moves for `idle`.
+pub(crate) async fn relay_upgraded(
+    upgraded: Upgraded,
+    mut upstream: Conn,
+    witness: &Witness,
+    idle: Duration,
+) {
+    let activity = Activity::new();
     let meter = UpgradeMeter {
         session: witness.session().clone(),
         taps: None,
+        activity: activity.clone(),
     };
     let mut client = Counted::new(TokioIo::new(upgraded), meter);
-    record(pump(&mut client, &mut upstream).await.map(|_| ()), witness)
+    let relayed = activity.bounded(idle, pump(&mut client, &mut upstream));
+    record(relayed.await, witness)
 }
 
 /// Relays `early` (bytes already read from the client and counted) and
-/// then everything else, counting it.
+/// then everything else, counting it, until both directions are done or
+/// nothing moves for `idle`.
 pub(crate) async fn relay_bytes(
     socket: TcpStream,
     mut upstream: Conn,
     early: &[u8],
     session: &Arc<SessionGuard>,
+    idle: Duration,
 ) -> std::io::Result<()> {
     upstream.write_all(early).await?;
+    let activity = Activity::new();
     match upstream {
         #[cfg(target_os = "linux")]
-        Conn::Tcp(upstream) => super::splice::relay(&socket, &upstream, session).await,
+        Conn::Tcp(upstream) => {
+            let relay = super::splice::relay(&socket, &upstream, session, &activity);
+            activity.bounded(idle, relay).await
+        }
         mut upstream => {
-            let mut client = Counted::new(socket, session.clone());
-            pump(&mut client, &mut upstream).await.map(|_| ())
+            let meter = TunnelMeter {
+                session: session.clone(),
+                activity: activity.clone(),
+            };
+            let mut client = Counted::new(socket, meter);
+            activity
+                .bounded(idle, pump(&mut client, &mut upstream))
+                .await
         }
     }
 }
@@ -175,10 +205,12 @@ pub(crate) fn record(result: std::io::Result<()>, witness: &Witness) {
 }
 
 /// Copies both ways with half-close until both directions are done.
-async fn pump<C, U>(client: &mut C, upstream: &mut U) -> std::io::Result<(u64, u64)>
+async fn pump<C, U>(client: &mut C, upstream: &mut U) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUFFER, TUNNEL_BUFFER).await
+    tokio::io::copy_bidirectional_with_sizes(client, upstream, TUNNEL_BUFFER, TUNNEL_BUFFER)
+        .await
+        .map(|_| ())
 }

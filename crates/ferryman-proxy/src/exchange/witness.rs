@@ -8,9 +8,11 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use ferryman_capture::{BodyTap, Part, Recorder};
 use ferryman_http::body::{BodyObserver, Direction, Gate};
+use ferryman_http::limit::Permit;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Method, Response};
 
+use super::connection::BusyGuard;
 use crate::context::Shared;
 use crate::session::{Kind, SessionGuard};
 
@@ -27,6 +29,11 @@ pub(crate) struct Witness {
     /// A request body held for `100 Continue` that the upstream answered
     /// without: released to fail once the answer is relayed.
     gate: OnceLock<Gate>,
+    /// Keeps the exchange counted as open on its connection.
+    busy: OnceLock<BusyGuard>,
+    /// The client connection's place under the connection limit, held by a
+    /// tunnel or upgrade for as long as it lasts.
+    place: OnceLock<Arc<Permit>>,
 }
 
 impl Witness {
@@ -57,6 +64,8 @@ impl Witness {
             recorder,
             taps: [OnceLock::new(), OnceLock::new()],
             gate: OnceLock::new(),
+            busy: OnceLock::new(),
+            place: OnceLock::new(),
         }
     }
 
@@ -74,6 +83,16 @@ impl Witness {
 
     pub(crate) fn set_kind(&self, kind: Kind) {
         self.session.set_kind(kind);
+    }
+
+    /// Counts the exchange as open on its connection while it lives.
+    pub(crate) fn hold(&self, busy: BusyGuard) {
+        let _ = self.busy.set(busy);
+    }
+
+    /// Keeps the client connection's place while the exchange lives.
+    pub(crate) fn hold_place(&self, place: &Arc<Permit>) {
+        let _ = self.place.set(place.clone());
     }
 
     pub(crate) fn hold_gate(&self, gate: Gate) {

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ferryman_http::limit::Permit;
 use ferryman_http::upstream::split_authority;
 use ferryman_http::{ProxyBody, Target};
 use http::uri::Scheme;
@@ -34,6 +35,9 @@ pub(crate) struct ProxyRoute {
     pub(crate) settings: Arc<Settings>,
     /// The address the client reached the proxy at.
     pub(crate) local: SocketAddr,
+    /// The connection's place under `proxy.max_connections`: a tunnel or an
+    /// upgraded connection it turns into keeps it.
+    pub(crate) place: Arc<Permit>,
 }
 
 impl Route for ProxyRoute {
@@ -44,6 +48,7 @@ impl Route for ProxyRoute {
     }
 
     async fn route(&self, req: Request<Incoming>, witness: &Arc<Witness>) -> Response<ProxyBody> {
+        witness.hold_place(&self.place);
         let is_proxy_request = req.method() == Method::CONNECT || req.uri().authority().is_some();
         if !is_proxy_request {
             return local::about(req.uri().path(), &self.local.to_string());

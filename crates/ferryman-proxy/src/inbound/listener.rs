@@ -21,7 +21,6 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::http_proxy::ProxyRoute;
-use super::limit::{Limit, Permit};
 use super::workers::{Assigned, WorkerThread};
 use crate::context::{Settings, Shared, Worker};
 use crate::exchange::connection::{self, Protocol};
@@ -33,6 +32,7 @@ use crate::outbound::Env;
 use crate::policy::Policy;
 use crate::session::Sessions;
 use crate::ProxyConfig;
+use ferryman_http::limit::{Limit, Permit};
 
 /// Where a proxy reports what it carries.
 #[derive(Clone)]
@@ -105,10 +105,11 @@ impl ForwardProxy {
             own,
             tls: ArcSwap::new(upstream_tls.clone()),
         });
+        let places = Some(shared.connections.clone());
         Ok(Self {
             control: Control {
                 shared,
-                upstream: UpstreamSettings::new(upstream, upstream_tls),
+                upstream: UpstreamSettings::new(upstream, upstream_tls, places),
                 listener: Arc::new(watch::Sender::new(Some(Arc::new(listener)))),
                 bound: Arc::new(Mutex::new((config.listen, listen))),
             },
@@ -441,11 +442,13 @@ async fn serve_assigned(accepted: Accepted, peer: SocketAddr, assigned: Assigned
             }
         },
     };
-    serve(stream, peer, assigned.worker().worker.clone()).await;
-    drop((permit, assigned));
+    // The place is the connection's, and the tunnel's it may turn into.
+    let place = Arc::new(permit);
+    serve(stream, peer, assigned.worker().worker.clone(), place).await;
+    drop(assigned);
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, worker: Arc<Worker>) {
+async fn serve(stream: TcpStream, peer: SocketAddr, worker: Arc<Worker>, place: Arc<Permit>) {
     let _ = stream.set_nodelay(true);
     let Ok(local) = stream.local_addr() else {
         return;
@@ -459,6 +462,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, worker: Arc<Worker>) {
         connection: connection.clone(),
         settings,
         local,
+        place,
     };
     connection::serve(
         stream,

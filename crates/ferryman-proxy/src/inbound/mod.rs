@@ -5,7 +5,6 @@
 
 pub(crate) mod auth;
 pub(crate) mod http_proxy;
-pub(crate) mod limit;
 pub(crate) mod listener;
 mod routing;
 mod tunnels;

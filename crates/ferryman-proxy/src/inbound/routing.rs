@@ -11,8 +11,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::context::{Settings, Worker};
+use crate::exchange::forward::{self, Forwarding};
+use crate::exchange::local;
 use crate::exchange::witness::Witness;
-use crate::exchange::{forward, local};
 use crate::outbound::dial::resolve;
 use crate::outbound::Way;
 use crate::policy::{Facts, Verdict};
@@ -87,10 +88,13 @@ pub(crate) async fn follow(
         Way::Refuse(refusal) => local::refused(refusal, &outbound.name, verdict.rule),
         Way::Answer(answer) => local::answered(answer),
         Way::Connect(connector) => {
-            let target = target(connector.clone());
             let client = witness.session().client().ip();
-            let xff = settings.proxy.x_forwarded_for;
-            forward::exchange(worker, client, xff, req, target, witness).await
+            let target = Target {
+                client: Some(client),
+                ..target(connector.clone())
+            };
+            let how = Forwarding::new(&settings.proxy, client);
+            forward::exchange(worker, how, req, target, witness).await
         }
     }
 }

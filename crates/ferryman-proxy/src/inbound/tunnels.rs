@@ -39,7 +39,8 @@ pub(crate) async fn run(
     let (socket, early) = match client {
         ClientSide::Socket(socket, early) => (socket, early),
         ClientSide::Other(upgraded) => {
-            return tunnel::relay_upgraded(upgraded, upstream, &witness).await;
+            let idle = plan.settings.proxy.tunnel_idle_timeout;
+            return tunnel::relay_upgraded(upgraded, upstream, &witness, idle).await;
         }
     };
     let host = plan.target.authority.host();
@@ -56,6 +57,7 @@ pub(crate) async fn run(
                 intercepts: &intercepts,
                 auto_passthrough: policy.auto_passthrough(),
                 hello_wait: plan.settings.proxy.client_idle_timeout,
+                handshake_wait: plan.settings.proxy.tls_handshake_timeout,
             };
             let tunnel = (socket, early, upstream, plan.target.clone());
             intercept::detect(&worker, interception, look, tunnel, &witness).await
@@ -92,7 +94,9 @@ pub(crate) async fn run(
             early,
             upstream,
         } => {
-            let relayed = tunnel::relay_bytes(client, upstream, &early, witness.session()).await;
+            let idle = plan.settings.proxy.tunnel_idle_timeout;
+            let session = witness.session();
+            let relayed = tunnel::relay_bytes(client, upstream, &early, session, idle).await;
             tunnel::record(relayed, &witness);
         }
         Contents::Ended => {}

@@ -110,6 +110,8 @@ pub(crate) struct LookInside<'a> {
     pub(crate) auto_passthrough: bool,
     /// How long a client may take to send its ClientHello.
     pub(crate) hello_wait: std::time::Duration,
+    /// How long the handshake may take after it.
+    pub(crate) handshake_wait: std::time::Duration,
 }
 
 /// A tunnel's ends: the client socket, bytes already read from it, the
@@ -306,10 +308,19 @@ async fn tls(
     witness.set_kind(Kind::InterceptedTls);
     facts.intercepted = true;
     let socket = Counted::new(socket, session.clone());
-    match StartHandshake::from_parts(accepted, socket)
-        .into_stream(config)
+    let handshake = StartHandshake::from_parts(accepted, socket).into_stream(config);
+    let handshake = tokio::time::timeout(look.handshake_wait, handshake)
         .await
-    {
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the client did not finish the TLS handshake within {:?}",
+                    look.handshake_wait
+                ),
+            ))
+        });
+    match handshake {
         Ok(stream) => {
             let alpn = stream.get_ref().1.alpn_protocol();
             let protocol = match alpn {

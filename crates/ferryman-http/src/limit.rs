@@ -1,13 +1,15 @@
-//! The cap on client connections served at once, which a reload may raise
-//! or lower while connections are open: lowering it takes permits back as
-//! connections end, never by closing one.
+//! A cap on sockets held at once, which a reload may raise or lower while
+//! they are open: lowering it takes places back as they are given up,
+//! never by closing anything. The proxy holds a place per client connection
+//! (and the tunnel it may turn into), the upstream pool one per connection
+//! it keeps idle.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub(crate) struct Limit {
+pub struct Limit {
     semaphore: Arc<Semaphore>,
     limit: AtomicUsize,
     /// Permits to take back as they are returned, after a lowered limit
@@ -16,7 +18,7 @@ pub(crate) struct Limit {
 }
 
 /// One connection's place under the limit, given back when dropped.
-pub(crate) struct Permit {
+pub struct Permit {
     permit: Option<OwnedSemaphorePermit>,
     owed: Arc<AtomicUsize>,
 }
@@ -35,15 +37,15 @@ impl Drop for Permit {
 }
 
 impl Limit {
-    pub(crate) fn new(limit: usize) -> Self {
-        Self {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
             semaphore: Arc::new(Semaphore::new(limit)),
             limit: AtomicUsize::new(limit),
             owed: Arc::default(),
-        }
+        })
     }
 
-    pub(crate) fn limit(&self) -> usize {
+    pub fn limit(&self) -> usize {
         self.limit.load(Ordering::Acquire)
     }
 
@@ -54,18 +56,18 @@ impl Limit {
         }
     }
 
-    pub(crate) fn try_acquire(&self) -> Option<Permit> {
+    pub fn try_acquire(&self) -> Option<Permit> {
         let permit = self.semaphore.clone().try_acquire_owned().ok()?;
         Some(self.permit(permit))
     }
 
     /// Waits for a place; None once the limit is closed.
-    pub(crate) async fn acquire(&self) -> Option<Permit> {
+    pub async fn acquire(&self) -> Option<Permit> {
         let permit = self.semaphore.clone().acquire_owned().await.ok()?;
         Some(self.permit(permit))
     }
 
-    pub(crate) fn resize(&self, limit: usize) {
+    pub fn resize(&self, limit: usize) {
         let before = self.limit.swap(limit, Ordering::AcqRel);
         if limit > before {
             let mut more = limit - before;
