@@ -466,3 +466,36 @@ pub(crate) async fn metrics(State(shared): Shard) -> Response {
     )
         .into_response()
 }
+
+/// Random query strings: taken or refused, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512)
+        ))]
+
+        #[test]
+        fn exchange_queries_parse_or_are_refused(
+            pairs in prop::collection::vec((
+                prop::sample::select(vec!["since_ms", "until_ms", "host", "method", "status", "content_type", "text", "limit", "offset", "max_inline", "other"]),
+                "[ -~]{0,20}",
+            ), 0..6)
+        ) {
+            let query = pairs.iter().map(|(k, v)| format!("{k}={}", v.replace(['&', '='], ""))).collect::<Vec<_>>().join("&");
+            if let Ok(parsed) = serde_urlencoded::from_str::<ExchangesQuery>(&query) {
+                let filter = parsed.filter();
+                prop_assert!(filter.limit.is_some_and(|l| l <= MAX_PAGE));
+            }
+        }
+
+        #[test]
+        fn body_and_route_queries_parse_or_are_refused(query in "[ -~]{0,60}") {
+            let _ = serde_urlencoded::from_str::<BodyQuery>(&query);
+            let _ = serde_urlencoded::from_str::<RouteQuery>(&query);
+        }
+    }
+}

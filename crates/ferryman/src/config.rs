@@ -309,7 +309,35 @@ fn shown(table: &Table, key: &str) -> Option<String> {
         return Some(format!(" = \"{}\"", ferryman_capture::REDACTED));
     }
     let redacted = redact_credentials(key, value);
-    Some(format!(" = {}", redacted.as_ref().unwrap_or(value)))
+    let shown = redacted.as_ref().unwrap_or(value).to_string();
+    // A URL with credentials under any key (a misspelt `url`) hides them too.
+    Some(format!(" = {}", hide_url_passwords(&shown)))
+}
+
+/// `text` with the password of every `scheme://user:password@` in it
+/// replaced.
+fn hide_url_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        out.push_str(before);
+        let authority_end = after
+            .find(|c: char| c == '/' || c == '"' || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..authority_end];
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) if userinfo.contains(':') => {
+                out.push_str(&hide_password(userinfo));
+                out.push('@');
+                out.push_str(host);
+            }
+            _ => out.push_str(authority),
+        }
+        rest = &after[authority_end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `value` with passwords replaced, where `key` holds credentials.
@@ -344,7 +372,8 @@ fn redact_credentials(key: &str, value: &Value) -> Option<Value> {
 
 /// `reason` without the credentials the value at `key` holds: serde's
 /// messages quote the value they could not take.
-fn scrub(table: &Table, key: &str, mut reason: String) -> String {
+fn scrub(table: &Table, key: &str, reason: String) -> String {
+    let mut reason = hide_url_passwords(&reason);
     let Some(value) = lookup(table, key) else {
         return reason;
     };
@@ -563,9 +592,180 @@ mod tests {
     }
 
     #[test]
+    fn url_passwords_are_hidden_anywhere() {
+        assert_eq!(
+            hide_url_passwords(r#"{ uri = "http://me:pw@h:1/x", other = "socks5h://a:b@c:2" }"#),
+            r#"{ uri = "http://me:<redacted>@h:1/x", other = "socks5h://a:<redacted>@c:2" }"#
+        );
+        assert_eq!(hide_url_passwords("http://h:1/@x:y"), "http://h:1/@x:y");
+        let e = load(
+            "[[outbounds]]\nname = \"up\"\nkind = \"http\"\nuri = \"http://me:hunter2@h:1\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            !e.contains("hunter2") && e.contains("me:<redacted>@h:1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn set_into_a_value_is_refused() {
         let e = load("data_dir = \"x\"\n", &["data_dir.sub=1"]).unwrap_err();
         assert!(e.contains("data_dir is not a section"), "{e}");
         assert!(load("", &["novalue"]).unwrap_err().contains("KEY=VALUE"));
+    }
+}
+
+/// Random configurations: refused with a key and a reason, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(Value::Integer),
+            any::<bool>().prop_map(Value::Boolean),
+            "[ -~]{0,24}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "127.0.0.1:0",
+                "10s",
+                "0s",
+                "listed",
+                "all",
+                "s3",
+                "http://me:pw@127.0.0.1:1",
+                "socks5h://127.0.0.1:1",
+                "direct",
+                "reject",
+                "group",
+                "10.0.0.0/8",
+                "8000-8999",
+            ])
+            .prop_map(|s| Value::String(s.to_string())),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key(), inner), 0..4)
+                    .prop_map(|pairs| Value::Table(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "listen",
+            "auth",
+            "mode",
+            "hosts",
+            "passthrough",
+            "kind",
+            "url",
+            "name",
+            "members",
+            "outbound",
+            "intercept",
+            "domain",
+            "domain_suffix",
+            "ip_cidr",
+            "port",
+            "client",
+            "user",
+            "method",
+            "path",
+            "invert",
+            "resolve",
+            "status",
+            "body",
+            "headers",
+            "bind",
+            "timeout",
+            "connect_timeout",
+            "max_connections",
+            "max_headers",
+            "token",
+            "enabled",
+            "dir",
+            "request_body_timeout",
+            "send_timeout",
+            "domain_list",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    fn config() -> impl Strategy<Value = Table> {
+        let section = prop::sample::select(vec![
+            "proxy",
+            "upstream",
+            "intercept",
+            "tls",
+            "capture",
+            "admin",
+            "sessions",
+            "log",
+        ]);
+        (
+            prop::collection::vec(
+                (section, prop::collection::vec((key(), value()), 0..4)),
+                0..4,
+            ),
+            prop::collection::vec(prop::collection::vec((key(), value()), 0..5), 0..3),
+            prop::collection::vec(prop::collection::vec((key(), value()), 0..5), 0..3),
+        )
+            .prop_map(|(sections, outbounds, rules)| {
+                let mut table = Table::new();
+                for (name, pairs) in sections {
+                    table.insert(name.to_string(), Value::Table(pairs.into_iter().collect()));
+                }
+                let array = |entries: Vec<Vec<(String, Value)>>| {
+                    Value::Array(
+                        entries
+                            .into_iter()
+                            .map(|e| Value::Table(e.into_iter().collect()))
+                            .collect(),
+                    )
+                };
+                table.insert("outbounds".into(), array(outbounds));
+                table.insert("rules".into(), array(rules));
+                table
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512)
+        ))]
+
+        #[test]
+        fn any_configuration_is_taken_or_refused_with_keys(table in config()) {
+            let refused = match Config::from_table(table.clone()) {
+                Ok(config) => {
+                    let env = ferryman_proxy::Env::detached(ferryman_tls::client_config(&[], false).unwrap());
+                    match config.policy(&table, Path::new("/nonexistent"), &env) {
+                        Ok(_) => return Ok(()),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                Err(e) => e.to_string(),
+            };
+            for line in refused.lines().filter(|l| l.starts_with("config error")) {
+                let key = line.trim_start_matches("config error: ").split([' ', ':']).next().unwrap_or("");
+                prop_assert!(!key.is_empty(), "no key in {:?}", line);
+            }
+            prop_assert!(refused.starts_with("config error: "), "{}", refused);
+            prop_assert!(!refused.contains(":pw@"), "a password shown: {}", refused);
+        }
+
+        #[test]
+        fn any_text_is_parsed_or_refused(text in "[ -~\\n]{0,200}") {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ferryman.toml");
+            std::fs::write(&path, &text).unwrap();
+            if let Err(e) = Config::load(Some(&path), &[]) {
+                prop_assert!(e.to_string().starts_with("config error: "), "{}", e);
+            }
+        }
     }
 }

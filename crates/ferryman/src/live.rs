@@ -313,6 +313,7 @@ impl ferryman_admin::Settings for Live {
             "since_ms": unix_ms(state.since),
             "file": self.source.file.as_ref().map(|f| f.display().to_string()),
             "last_reload": state.last,
+            "tasks": self.proxy.alive_tasks(),
         })
     }
 

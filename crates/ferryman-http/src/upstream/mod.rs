@@ -224,9 +224,11 @@ pub fn split_authority(authority: &Authority) -> Result<(&str, Option<u16>), Str
     if port.is_empty() {
         return Ok((host, None));
     }
-    let number = (port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| port.bytes().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')));
-    match number.and_then(|n| u16::try_from(n).ok()) {
+    let number = port.bytes().try_fold(0u16, |n, d| {
+        let digit = d.is_ascii_digit().then(|| u16::from(d - b'0'))?;
+        n.checked_mul(10)?.checked_add(digit)
+    });
+    match number {
         Some(port) if port > 0 => Ok((host, Some(port))),
         _ => Err(format!("{port:?} is not a port number (1-65535)")),
     }
@@ -798,6 +800,39 @@ mod tests {
                 (authority.host(), authority.port_u16()),
                 "{a}"
             );
+        }
+    }
+}
+
+/// Random authorities against http's own parsing.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512)
+        ))]
+
+        #[test]
+        fn an_authority_splits_as_http_reads_it(text in "([a-z0-9.-]{0,12}|\\[[0-9a-f:]{2,12}\\])(:[0-9a-z]{0,7})?(@[a-z.]{1,6}(:[0-9]{1,6})?)?") {
+            let Ok(authority) = text.parse::<Authority>() else {
+                return Ok(());
+            };
+            match split_authority(&authority) {
+                Ok((host, port)) => {
+                    prop_assert_eq!(host, authority.host());
+                    // A port http reads that is 0 or missing digits is ours to refuse.
+                    if let Some(port) = port {
+                        prop_assert_eq!(Some(port), authority.port_u16());
+                    }
+                }
+                Err(_) => {
+                    let port = authority.port_u16();
+                    prop_assert!(port.is_none() || port == Some(0), "{} refused, http reads port {:?}", text, port);
+                }
+            }
         }
     }
 }

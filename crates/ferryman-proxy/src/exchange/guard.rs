@@ -125,24 +125,29 @@ enum State {
     Rejected,
 }
 
+/// Where in chunked framing the scanner is, state for state as hyper's
+/// decoder reads it (CRLF strictly, no bare LF), so the two never disagree
+/// about where a body ends.
 #[derive(Debug, Clone, Copy)]
 enum Chunk {
-    Size {
-        value: u64,
-        /// Digits after leading zeros: more than 16 overflow.
-        digits: u8,
-        /// Any digit at all, zeros included.
-        any: bool,
-    },
-    /// Chunk extensions or the CR before LF: skipped up to the LF.
-    SizeLineEnd {
-        value: u64,
-    },
+    /// Before a chunk size's first digit.
+    Start,
+    /// In the size's digits.
+    Size(u64),
+    /// Spaces or tabs after the size.
+    SizeSpace(u64),
+    /// A chunk extension, up to the CR.
+    Extension(u64),
+    /// The LF that ends the size line.
+    SizeLf(u64),
     Data(u64),
-    DataEnd,
-    Trailer {
-        line_empty: bool,
-    },
+    DataCr,
+    DataLf,
+    /// After the last chunk: a trailer line or the final CRLF.
+    EndCr,
+    Trailer,
+    TrailerLf,
+    EndLf,
 }
 
 struct Scanner {
@@ -299,11 +304,7 @@ fn inspect_with<'h>(bytes: &'h [u8], headers: &mut [MaybeUninit<httparse::Header
         // What follows may be a tunnel's bytes: hyper takes the connection
         // over, or closes it once the request is refused.
         _ if upgrade || req.method == Some("CONNECT") => State::Tunnel,
-        (Some(true), None) => State::Chunked(Chunk::Size {
-            value: 0,
-            digits: 0,
-            any: false,
-        }),
+        (Some(true), None) => State::Chunked(Chunk::Start),
         (None, Some(n)) if n > 0 => State::Fixed(n),
         _ => State::Head(Vec::new()),
     };
@@ -316,67 +317,51 @@ fn inspect_with<'h>(bytes: &'h [u8], headers: &mut [MaybeUninit<httparse::Header
 fn step_chunked<'a>(chunk: &mut Chunk, data: &'a [u8]) -> Result<(&'a [u8], bool), usize> {
     let whole = data.len();
     let mut data = data;
-    let bad = |data: &[u8]| whole - data.len();
     while let Some(&byte) = data.first() {
         if let Chunk::Data(left) = chunk {
             let take = (*left).min(data.len() as u64) as usize;
             *left -= take as u64;
             if *left == 0 {
-                *chunk = Chunk::DataEnd;
+                *chunk = Chunk::DataCr;
             }
             data = &data[take..];
             continue;
         }
-        let here = bad(data);
+        let here = whole - data.len();
         data = &data[1..];
-        *chunk = match *chunk {
-            Chunk::Size { value, digits, any } => match (byte as char).to_digit(16) {
-                // Leading zeros do not count towards the 16 digits a u64 holds.
-                Some(0) if value == 0 => Chunk::Size {
-                    value,
-                    digits,
-                    any: true,
-                },
-                Some(d) if digits < 16 => Chunk::Size {
-                    value: value * 16 + u64::from(d),
-                    digits: digits + 1,
-                    any: true,
-                },
-                None if any && matches!(byte, b';' | b' ' | b'\t' | b'\r') => {
-                    Chunk::SizeLineEnd { value }
-                }
-                None if any && byte == b'\n' => size_line_done(value),
-                _ => return Err(here),
+        let digit = (byte as char).to_digit(16).map(u64::from);
+        *chunk = match (*chunk, byte) {
+            (Chunk::Start, _) => match digit {
+                Some(d) => Chunk::Size(d),
+                None => return Err(here),
             },
-            Chunk::SizeLineEnd { value } if byte == b'\n' => size_line_done(value),
-            keep @ Chunk::SizeLineEnd { .. } => keep,
-            Chunk::DataEnd => match byte {
-                b'\r' => Chunk::DataEnd,
-                b'\n' => Chunk::Size {
-                    value: 0,
-                    digits: 0,
-                    any: false,
-                },
-                _ => return Err(here),
-            },
-            Chunk::Trailer { line_empty } => match byte {
-                b'\n' if line_empty => return Ok((data, true)),
-                b'\n' => Chunk::Trailer { line_empty: true },
-                b'\r' => Chunk::Trailer { line_empty },
-                _ => Chunk::Trailer { line_empty: false },
-            },
-            Chunk::Data(_) => return Err(here),
+            (Chunk::Size(value), _) if digit.is_some() => {
+                let grown = value
+                    .checked_mul(16)
+                    .zip(digit)
+                    .and_then(|(v, d)| v.checked_add(d));
+                Chunk::Size(grown.ok_or(here)?)
+            }
+            (Chunk::Size(value) | Chunk::SizeSpace(value), b' ' | b'\t') => Chunk::SizeSpace(value),
+            (Chunk::Size(value) | Chunk::SizeSpace(value), b';') => Chunk::Extension(value),
+            (Chunk::Size(value) | Chunk::SizeSpace(value) | Chunk::Extension(value), b'\r') => {
+                Chunk::SizeLf(value)
+            }
+            (Chunk::Extension(_), b'\n') => return Err(here),
+            (keep @ Chunk::Extension(_), _) => keep,
+            (Chunk::SizeLf(0), b'\n') => Chunk::EndCr,
+            (Chunk::SizeLf(value), b'\n') => Chunk::Data(value),
+            (Chunk::DataCr, b'\r') => Chunk::DataLf,
+            (Chunk::DataLf, b'\n') => Chunk::Start,
+            (Chunk::EndCr, b'\r') => Chunk::EndLf,
+            (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
+            (Chunk::EndCr | Chunk::Trailer, _) => Chunk::Trailer,
+            (Chunk::TrailerLf, b'\n') => Chunk::EndCr,
+            (Chunk::EndLf, b'\n') => return Ok((data, true)),
+            _ => return Err(here),
         };
     }
     Ok((data, false))
-}
-
-fn size_line_done(value: u64) -> Chunk {
-    if value == 0 {
-        Chunk::Trailer { line_empty: true }
-    } else {
-        Chunk::Data(value)
-    }
 }
 
 #[cfg(test)]
@@ -469,6 +454,11 @@ mod tests {
         assert_eq!(
             scan(&[head, b"10000000000000000\r\n"]),
             [Verdict::Pass, Verdict::Reject { at: 16 }]
+        );
+        // ...and a bare LF ends nothing, as in hyper.
+        assert_eq!(
+            scan(&[head, b"5\nhello"]),
+            [Verdict::Pass, Verdict::Reject { at: 1 }]
         );
     }
 
@@ -577,6 +567,270 @@ mod tests {
             );
             if read_start <= clean_len {
                 assert_eq!(read_start + at, clean_len, "seed {seed}: wrong offset");
+            }
+        }
+    }
+}
+
+/// Random input, and hyper as the oracle: a stream is served by hyper once
+/// bare and once behind the guard, and what hyper makes of it compared.
+/// `FUZZ_CASES` makes the runs longer:
+/// `FUZZ_CASES=20000 cargo test -p ferryman-proxy --lib guard::fuzz`.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn cases() -> u32 {
+        std::env::var("FUZZ_CASES")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(128)
+    }
+
+    /// A request as hyper handed it to the service.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Seen {
+        target: String,
+        body: Result<usize, ()>,
+        /// Framed both by Content-Length and Transfer-Encoding.
+        ambiguous: bool,
+    }
+
+    /// What hyper serves out of `stream`, written in pieces `cuts` says,
+    /// behind the guard or not.
+    fn hyper_sees(stream: &[u8], cuts: &[usize], guarded: bool) -> Vec<Seen> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let seen = seen_tx.clone();
+                    async move {
+                        // hyper drops the length of a request framed both ways:
+                        // the generator marks those by their target instead.
+                        let ambiguous = req.uri().path().starts_with("/smuggled");
+                        let target = format!("{} {}", req.method(), req.uri());
+                        let body = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .map_err(|_| ());
+                        let _ = seen.send(Seen {
+                            target,
+                            body,
+                            ambiguous,
+                        });
+                        Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+                    }
+                });
+            let serving = async move {
+                // The writer closes its side once done: hyper must still
+                // finish the requests it has.
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.half_close(true);
+                if guarded {
+                    let io = FramingGuard::new(server, 8192, 100);
+                    let _ = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                        .await;
+                } else {
+                    let _ = http
+                        .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+                        .await;
+                }
+            };
+            let writing = async move {
+                let mut offset = 0;
+                let mut cuts = cuts.iter().cycle();
+                while offset < stream.len() {
+                    let n = (1 + cuts.next().copied().unwrap_or(0) % 97).min(stream.len() - offset);
+                    if client.write_all(&stream[offset..offset + n]).await.is_err() {
+                        break;
+                    }
+                    offset += n;
+                    tokio::task::yield_now().await;
+                }
+                let _ = client.shutdown().await;
+                let mut answers = Vec::new();
+                let _ = client.read_to_end(&mut answers).await;
+            };
+            let limit = std::time::Duration::from_secs(10);
+            let _ = tokio::time::timeout(limit, futures_util::future::join(serving, writing)).await;
+            let mut seen = Vec::new();
+            while let Ok(one) = seen_rx.try_recv() {
+                seen.push(one);
+            }
+            seen
+        })
+    }
+
+    fn head() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(vec!["GET", "POST", "PUT", "PATCH"]),
+            prop::sample::select(vec!["/", "/a?b=c", "http://h:81/x"]),
+            prop::collection::vec(("[A-Za-z-]{1,12}", "[ -~]{0,20}"), 0..4),
+        )
+            .prop_map(|(method, target, fields)| {
+                let mut head = format!("{method} {target} HTTP/1.1\r\nHost: h\r\n");
+                for (name, value) in fields {
+                    let name = name.to_ascii_lowercase();
+                    let framing = [
+                        "content-length",
+                        "transfer-encoding",
+                        "upgrade",
+                        "connection",
+                        "expect",
+                    ];
+                    if !framing.contains(&name.as_str()) {
+                        head.push_str(&format!("{name}: {}\r\n", value.trim()));
+                    }
+                }
+                head
+            })
+    }
+
+    /// A request with a body framed one of the ways hyper takes, or (4)
+    /// framed both ways, the smuggler's way.
+    fn request() -> impl Strategy<Value = Vec<u8>> {
+        (
+            head(),
+            prop::collection::vec(any::<u8>(), 0..200),
+            0..5u8,
+            prop::collection::vec(1..40usize, 1..8),
+            0..4usize,
+        )
+            .prop_map(|(head, body, framing, chunks, zeros)| {
+                let mut out = head.into_bytes();
+                let chunked = |out: &mut Vec<u8>| {
+                    let mut rest = &body[..];
+                    let mut sizes = chunks.iter().cycle();
+                    while !rest.is_empty() {
+                        let n = (*sizes.next().unwrap_or(&1)).min(rest.len());
+                        out.extend_from_slice(
+                            format!("{}{n:x};e=1\r\n", "0".repeat(zeros)).as_bytes(),
+                        );
+                        out.extend_from_slice(&rest[..n]);
+                        out.extend_from_slice(b"\r\n");
+                        rest = &rest[n..];
+                    }
+                    out.extend_from_slice(b"0\r\nx-t: 1\r\n\r\n");
+                };
+                match framing {
+                    0 | 1 => out.extend_from_slice(b"\r\n"),
+                    2 => {
+                        out.extend_from_slice(
+                            format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                        );
+                        out.extend_from_slice(&body);
+                    }
+                    3 => {
+                        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+                        chunked(&mut out);
+                    }
+                    _ => {
+                        let line_end = out.iter().position(|&b| b == b' ').map_or(0, |p| p + 1);
+                        out.splice(line_end..line_end, b"/smuggled".iter().copied());
+                        out.extend_from_slice(
+                            b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        );
+                        chunked(&mut out);
+                    }
+                }
+                out
+            })
+    }
+
+    #[test]
+    fn the_oracle_sees_requests() {
+        let stream = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n\
+            POST /2 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n";
+        let seen = hyper_sees(stream, &[5, 200], false);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[1].body, Ok(1));
+        // Bare, hyper takes a smuggled head (then closes, as RFC 9112 §6.1
+        // asks, so what follows is not served); behind the guard, it never
+        // sees it.
+        let smuggled = [
+            &stream[..],
+            b"POST /smuggled HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n",
+        ]
+        .concat();
+        let bare = hyper_sees(&smuggled, &[7], false);
+        assert_eq!(bare.len(), 3, "{bare:?}");
+        assert!(bare[2].ambiguous);
+        assert_eq!(hyper_sees(&smuggled, &[7], true), seen);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        #[test]
+        fn any_bytes_split_anyhow_never_panic(
+            stream in prop::collection::vec(any::<u8>(), 0..2048),
+            cuts in prop::collection::vec(any::<usize>(), 1..16),
+        ) {
+            let mut scanner = Scanner::new(8192, 100);
+            let mut offset = 0;
+            let mut cuts = cuts.iter().cycle();
+            while offset < stream.len() {
+                let n = (1 + cuts.next().copied().unwrap_or(0) % 97).min(stream.len() - offset);
+                if let Verdict::Reject { at } = scanner.feed(&stream[offset..offset + n]) {
+                    prop_assert!(at <= n, "a rejection past its read: {} > {}", at, n);
+                    break;
+                }
+                offset += n;
+            }
+        }
+
+        /// Behind the guard, hyper serves what it serves bare, in order,
+        /// up to the first request framed both ways, and never that one.
+        #[test]
+        fn hyper_behind_the_guard_serves_the_same_up_to_a_smuggled_head(
+            requests in prop::collection::vec(request(), 1..6),
+            cuts in prop::collection::vec(any::<usize>(), 1..16),
+        ) {
+            let stream: Vec<u8> = requests.concat();
+            let shown = String::from_utf8_lossy(&stream).to_string();
+            let bare = hyper_sees(&stream, &cuts, false);
+            let guarded = hyper_sees(&stream, &cuts, true);
+            let first_ambiguous = bare.iter().position(|s| s.ambiguous).unwrap_or(bare.len());
+            if first_ambiguous == bare.len() {
+                prop_assert_eq!(bare.len(), requests.len(), "hyper serves every request: {:?}", shown);
+            }
+            prop_assert_eq!(&guarded[..], &bare[..first_ambiguous], "{:?}", shown);
+        }
+
+        /// With bytes changed anywhere, the guard still only ever cuts:
+        /// hyper behind it serves a prefix of what it serves bare.
+        #[test]
+        fn with_bytes_changed_the_guard_only_ever_cuts(
+            requests in prop::collection::vec(request(), 1..5),
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+            cuts in prop::collection::vec(any::<usize>(), 1..16),
+        ) {
+            let mut stream: Vec<u8> = requests.concat();
+            for (at, byte) in flips {
+                let at = at % stream.len();
+                stream[at] = byte;
+            }
+            let shown = String::from_utf8_lossy(&stream).to_string();
+            let bare = hyper_sees(&stream, &cuts, false);
+            let guarded = hyper_sees(&stream, &cuts, true);
+            prop_assert!(guarded.len() <= bare.len(), "{:?}", shown);
+            let heads = |all: &[Seen]| all.iter().map(|s| s.target.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(heads(&guarded), heads(&bare[..guarded.len()]), "{:?}", shown);
+            // A body the guard cut short is hyper's last; the others are whole.
+            if let Some((_, before)) = guarded.split_last() {
+                prop_assert_eq!(before, &bare[..before.len()], "{:?}", shown);
             }
         }
     }

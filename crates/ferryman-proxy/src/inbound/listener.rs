@@ -66,6 +66,8 @@ pub struct Control {
     listener: Arc<watch::Sender<Option<Arc<std::net::TcpListener>>>>,
     /// The address asked for (port 0 stays 0) and the one bound.
     bound: Arc<Mutex<(SocketAddr, SocketAddr)>>,
+    /// The worker threads' runtimes, once serving.
+    runtimes: Arc<std::sync::OnceLock<Vec<Handle>>>,
 }
 
 impl ForwardProxy {
@@ -112,6 +114,7 @@ impl ForwardProxy {
                 upstream: UpstreamSettings::new(upstream, upstream_tls, places),
                 listener: Arc::new(watch::Sender::new(Some(Arc::new(listener)))),
                 bound: Arc::new(Mutex::new((config.listen, listen))),
+                runtimes: Arc::default(),
             },
         })
     }
@@ -167,6 +170,8 @@ impl ForwardProxy {
                     .build()
             })
             .collect::<std::io::Result<Vec<_>>>()?;
+        let handles = runtimes.iter().map(|r| r.handle().clone()).collect();
+        let _ = self.control.runtimes.set(handles);
         let pool: Arc<[Arc<WorkerThread>]> = runtimes
             .iter()
             .enumerate()
@@ -234,6 +239,15 @@ impl Control {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.bound.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// Tasks alive on the worker threads: connections, tunnels, upstream
+    /// connections and their helpers. What it comes back to once traffic
+    /// stops shows whether anything leaks.
+    pub fn alive_tasks(&self) -> usize {
+        self.runtimes.get().map_or(0, |all| {
+            all.iter().map(|h| h.metrics().num_alive_tasks()).sum()
+        })
     }
 
     /// Another address of this process (the admin listener's): requests to

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferryman_http::UpstreamConfig;
-use ferryman_proxy::{ForwardProxy, Observers, ProxyConfig, RunningProxy, Sessions};
+use ferryman_proxy::{
+    ForwardProxy, InterceptConfig, Observers, ProxyConfig, RunningProxy, Sessions,
+};
 use ferryman_testkit::raw::Raw;
 use ferryman_testkit::within;
 
@@ -66,6 +68,31 @@ pub fn observers() -> Observers {
     }
 }
 
+/// [`intercepting_proxy`] intercepting everything, trusting no extra CA,
+/// with `tweak`ed settings.
+pub async fn intercepting_proxy_with(
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> (RunningProxy, tempfile::TempDir) {
+    intercepting_proxy_trusting_with(&[], tweak).await
+}
+
+/// [`intercepting_proxy`] intercepting everything, trusting `ca_files`
+/// upstream, with `tweak`ed settings.
+pub async fn intercepting_proxy_trusting_with(
+    ca_files: &[std::path::PathBuf],
+    tweak: impl FnOnce(&mut ProxyConfig),
+) -> (RunningProxy, tempfile::TempDir) {
+    let mut config = local_proxy_config();
+    tweak(&mut config);
+    intercepting(
+        ca_files,
+        false,
+        InterceptConfig::default(),
+        observers(),
+        config,
+    )
+}
+
 /// [`intercepting_proxy`], reporting to `observers`.
 pub async fn intercepting_proxy_observed(
     ca_files: &[std::path::PathBuf],
@@ -73,12 +100,22 @@ pub async fn intercepting_proxy_observed(
     rules: ferryman_proxy::InterceptConfig,
     observers: Observers,
 ) -> (RunningProxy, tempfile::TempDir) {
+    intercepting(ca_files, insecure, rules, observers, local_proxy_config())
+}
+
+fn intercepting(
+    ca_files: &[std::path::PathBuf],
+    insecure: bool,
+    rules: InterceptConfig,
+    observers: Observers,
+    config: ProxyConfig,
+) -> (RunningProxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = ferryman_tls::CertificateAuthority::open(dir.path(), None, 100).expect("CA");
     let interception = ferryman_proxy::Interception::new(std::sync::Arc::new(ca));
     let tls = ferryman_tls::client_config(ca_files, insecure).expect("upstream TLS config");
     let proxy = ForwardProxy::bind(
-        local_proxy_config(),
+        config.clone(),
         UpstreamConfig::default(),
         tls,
         Some(interception),
@@ -94,7 +131,7 @@ pub async fn intercepting_proxy_observed(
     let control = proxy.control();
     let policy = ferryman_proxy::Policy::compile(spec, &control.env()).expect("valid rules");
     control
-        .apply(ferryman_proxy::Settings::new(local_proxy_config(), policy))
+        .apply(ferryman_proxy::Settings::new(config, policy))
         .expect("rules applied");
     (proxy.start(Duration::from_secs(5)), dir)
 }

@@ -58,7 +58,14 @@ pub struct Running {
 /// Runs ferryman on `data` with JSON logs, both listeners on ephemeral
 /// loopback ports, plus `extra` arguments.
 pub async fn start(data: &Path, extra: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
+    start_with(BIN, &[], data, extra).await
+}
+
+/// [`start`], through `program` with `before` (ferryman's path among them),
+/// such as `prlimit --nofile=256:256 BIN`.
+pub async fn start_with(program: &str, before: &[&str], data: &Path, extra: &[&str]) -> Running {
+    let mut child = Command::new(program)
+        .args(before)
         .args([
             "run",
             "--proxy-listen",
