@@ -474,9 +474,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(
-            std::env::var("FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512)
-        ))]
+        #![proptest_config(ProptestConfig::with_cases(ferryman_testkit::fuzz_cases(512)))]
 
         #[test]
         fn exchange_queries_parse_or_are_refused(

@@ -118,3 +118,12 @@ pub const CHROMIUM_QUIET: [&str; 19] = [
     "--lso-url=http://127.0.0.1:1/",
     "--password-store=basic",
 ];
+
+/// Cases for one property test: `default`, or `FUZZ_CASES` for a longer run
+/// (`FUZZ_CASES=20000 cargo test --workspace fuzz`).
+pub fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}

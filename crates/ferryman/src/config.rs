@@ -734,9 +734,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(
-            std::env::var("FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512)
-        ))]
+        #![proptest_config(ProptestConfig::with_cases(ferryman_testkit::fuzz_cases(512)))]
 
         #[test]
         fn any_configuration_is_taken_or_refused_with_keys(table in config()) {

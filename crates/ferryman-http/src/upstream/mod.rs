@@ -811,9 +811,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(
-            std::env::var("FUZZ_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(512)
-        ))]
+        #![proptest_config(ProptestConfig::with_cases(ferryman_testkit::fuzz_cases(512)))]
 
         #[test]
         fn an_authority_splits_as_http_reads_it(text in "([a-z0-9.-]{0,12}|\\[[0-9a-f:]{2,12}\\])(:[0-9a-z]{0,7})?(@[a-z.]{1,6}(:[0-9]{1,6})?)?") {

@@ -574,21 +574,14 @@ mod tests {
 
 /// Random input, and hyper as the oracle: a stream is served by hyper once
 /// bare and once behind the guard, and what hyper makes of it compared.
-/// `FUZZ_CASES` makes the runs longer:
-/// `FUZZ_CASES=20000 cargo test -p ferryman-proxy --lib guard::fuzz`.
+/// `FUZZ_CASES=20000 cargo test -p ferryman-proxy --lib guard::fuzz` for a
+/// longer run.
 #[cfg(test)]
 mod fuzz {
     use super::*;
     use http_body_util::BodyExt;
     use proptest::prelude::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn cases() -> u32 {
-        std::env::var("FUZZ_CASES")
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(128)
-    }
 
     /// A request as hyper handed it to the service.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -771,7 +764,7 @@ mod fuzz {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(cases()))]
+        #![proptest_config(ProptestConfig::with_cases(ferryman_testkit::fuzz_cases(128)))]
 
         #[test]
         fn any_bytes_split_anyhow_never_panic(
