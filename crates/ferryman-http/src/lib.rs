@@ -1,8 +1,10 @@
 //! Proxy HTTP semantics shared by every inbound: hop-by-hop handling, body
-//! wrappers (100-continue gate, metering), and the pooled upstream client.
+//! wrappers (100-continue gate, metering), the pooled upstream client, and
+//! dialling TCP (which the tunnel's agent shares).
 
 pub mod body;
 pub mod config;
+pub mod dial;
 pub mod headers;
 pub mod limit;
 pub mod pace;

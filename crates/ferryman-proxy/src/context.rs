@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
 use crate::inbound::auth::ProxyAuth;
-use crate::outbound::dial::OwnAddrs;
+use ferryman_http::dial::OwnAddrs;
 use crate::policy::Policy;
 use crate::session::Sessions;
 use crate::ProxyConfig;

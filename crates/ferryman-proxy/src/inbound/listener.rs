@@ -27,7 +27,7 @@ use crate::exchange::connection::{self, Protocol};
 use crate::exchange::counted::Counted;
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
-use crate::outbound::dial::OwnAddrs;
+use ferryman_http::dial::OwnAddrs;
 use crate::outbound::Env;
 use crate::policy::Policy;
 use crate::session::Sessions;

@@ -14,7 +14,7 @@ use crate::context::{Settings, Worker};
 use crate::exchange::forward::{self, Forwarding};
 use crate::exchange::local;
 use crate::exchange::witness::Witness;
-use crate::outbound::dial::resolve;
+use ferryman_http::dial::resolve;
 use crate::outbound::Way;
 use crate::policy::{Facts, Verdict};
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ferryman_http::upstream::{Conn, Connect, Connecting};
 use tokio::time::Instant;
 
-use super::dial::{dial, OwnAddrs, Source};
+use ferryman_http::dial::{dial, OwnAddrs, Source};
 
 pub(crate) struct Direct {
     name: Arc<str>,

@@ -16,7 +16,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
 use super::config::ProxyUrl;
-use super::dial::{dial, OwnAddrs, Source};
+use ferryman_http::dial::{dial, OwnAddrs, Source};
 
 /// The most of a CONNECT answer's head that is read.
 const MAX_ANSWER_HEAD: usize = 16 * 1024;

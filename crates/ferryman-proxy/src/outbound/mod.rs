@@ -1,12 +1,11 @@
 //! How traffic leaves. A way out is a [`Connect`]or that gives a byte
 //! stream to a destination by a deadline (direct, an upstream HTTP or SOCKS5
 //! proxy, a failover group), or a refusal or a local answer. Dialling
-//! (resolution, Happy Eyeballs, the loop guard) is [`dial`]'s. Which way a
+//! (resolution, Happy Eyeballs, the loop guard) is [`ferryman_http::dial`]'s. Which way a
 //! session takes is the policy's decision; what is carried over the stream
 //! is the exchange's.
 
 pub(crate) mod config;
-pub(crate) mod dial;
 pub(crate) mod direct;
 mod group;
 mod http_proxy;
@@ -22,7 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use config::ProxyUrl;
 pub use config::{OutboundConfig, OutboundKind};
-use dial::{OwnAddrs, Source};
+use ferryman_http::dial::{OwnAddrs, Source};
 
 /// What connectors need from the process around them: its own listening
 /// addresses (the loop guard) and how to check a TLS proxy's certificate.

@@ -14,7 +14,7 @@ use tokio_socks::tcp::Socks5Stream;
 use tokio_socks::TargetAddr;
 
 use super::config::ProxyUrl;
-use super::dial::{dial, resolve, OwnAddrs, Source};
+use ferryman_http::dial::{dial, resolve, OwnAddrs, Source};
 
 pub(crate) struct Socks5Proxy {
     name: Arc<str>,

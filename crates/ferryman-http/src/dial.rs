@@ -1,7 +1,8 @@
 //! Opening TCP connections: name resolution, Happy Eyeballs (RFC 8305)
 //! over the addresses found, an optional source address or interface, and
 //! the loop guard that refuses ferryman's own listeners. Every connector
-//! that dials (direct, and the hop to an upstream proxy) dials here.
+//! that dials (direct, the hop to an upstream proxy) and the tunnel's agent
+//! dial here.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use ferryman_http::UpstreamError;
+use crate::UpstreamError;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout_at, Instant};
@@ -22,11 +23,11 @@ const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 /// This process's listening addresses: connecting to one is a loop. Shared
 /// by every connector, and replaced when a listener moves.
 #[derive(Clone, Default)]
-pub(crate) struct OwnAddrs(Arc<ArcSwap<Vec<SocketAddr>>>);
+pub struct OwnAddrs(Arc<ArcSwap<Vec<SocketAddr>>>);
 
 impl OwnAddrs {
     /// A listener moved from `old` to `new`.
-    pub(crate) fn replace(&self, old: SocketAddr, new: SocketAddr) {
+    pub fn replace(&self, old: SocketAddr, new: SocketAddr) {
         self.0.rcu(|addrs| {
             let mut addrs: Vec<SocketAddr> = addrs.iter().copied().filter(|a| *a != old).collect();
             addrs.push(new);
@@ -34,7 +35,7 @@ impl OwnAddrs {
         });
     }
 
-    pub(crate) fn add(&self, addr: SocketAddr) {
+    pub fn add(&self, addr: SocketAddr) {
         self.0.rcu(|addrs| {
             let mut addrs = Vec::clone(addrs);
             addrs.push(addr);
@@ -45,7 +46,7 @@ impl OwnAddrs {
     /// Whether `target` reaches one of ferryman's own listeners: the same
     /// address, a wildcard listener's loopback, or an IPv4 address written
     /// as IPv6 (`::ffff:127.0.0.1`).
-    pub(crate) fn contains(&self, target: &SocketAddr) -> bool {
+    pub fn contains(&self, target: &SocketAddr) -> bool {
         let ip = target.ip().to_canonical();
         self.0.load().iter().any(|listener| {
             let own = listener.ip().to_canonical();
@@ -57,16 +58,16 @@ impl OwnAddrs {
 
 /// Where a connection leaves from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
-pub(crate) struct Source {
+pub struct Source {
     /// The local address to bind (port chosen by the system).
-    pub(crate) bind: Option<IpAddr>,
+    pub bind: Option<IpAddr>,
     /// The network interface to send through (SO_BINDTODEVICE).
-    pub(crate) interface: Option<String>,
+    pub interface: Option<String>,
 }
 
 /// Resolves `host` (unless it is an address literal) and connects to the
 /// first address that answers, racing IPv6 and IPv4 when both exist.
-pub(crate) async fn dial(
+pub async fn dial(
     host: &str,
     port: u16,
     deadline: Instant,
@@ -78,7 +79,7 @@ pub(crate) async fn dial(
 }
 
 /// The addresses of `host`, IPv6 and IPv4 interleaved as RFC 8305 says.
-pub(crate) async fn resolve(
+pub async fn resolve(
     host: &str,
     port: u16,
     deadline: Instant,
@@ -119,7 +120,7 @@ type Attempt = Pin<Box<dyn Future<Output = (SocketAddr, std::io::Result<TcpStrea
 /// Connects to the first of `addrs` that answers: an attempt starts every
 /// `ATTEMPT_DELAY`, or as soon as the one before fails, and the first to
 /// succeed wins; the others are dropped.
-pub(crate) async fn dial_addrs(
+pub async fn dial_addrs(
     host: &str,
     port: u16,
     addrs: Vec<SocketAddr>,
