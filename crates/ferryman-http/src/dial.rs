@@ -10,8 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use crate::UpstreamError;
+use arc_swap::ArcSwap;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout_at, Instant};
@@ -26,12 +26,14 @@ const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 pub struct OwnAddrs(Arc<ArcSwap<Vec<SocketAddr>>>);
 
 impl OwnAddrs {
-    /// A listener moved from `old` to `new`.
-    pub fn replace(&self, old: SocketAddr, new: SocketAddr) {
+    /// A listener closed.
+    pub fn remove(&self, addr: SocketAddr) {
         self.0.rcu(|addrs| {
-            let mut addrs: Vec<SocketAddr> = addrs.iter().copied().filter(|a| *a != old).collect();
-            addrs.push(new);
             addrs
+                .iter()
+                .copied()
+                .filter(|a| *a != addr)
+                .collect::<Vec<_>>()
         });
     }
 

@@ -16,10 +16,11 @@ use tokio_util::task::TaskTracker;
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
 use crate::inbound::auth::ProxyAuth;
-use ferryman_http::dial::OwnAddrs;
+use crate::inbound::sockets::{Serves, Wanted};
 use crate::policy::Policy;
 use crate::session::Sessions;
 use crate::ProxyConfig;
+use ferryman_http::dial::OwnAddrs;
 use ferryman_http::limit::Limit;
 
 /// The configuration the sessions starting now get; replaced whole by a
@@ -41,6 +42,15 @@ impl Settings {
 
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// The listening sockets these settings ask for.
+    pub(crate) fn sockets(&self) -> Vec<Wanted> {
+        vec![Wanted {
+            serves: Serves::HttpProxy,
+            key: "proxy.listen".into(),
+            addr: self.proxy.listen,
+        }]
     }
 }
 

@@ -292,9 +292,8 @@ async fn a_moved_listener_is_up_before_the_old_one_closes() {
     assert_eq!(kept.read_response(false).await.0.status, 200);
 
     replace_file(&config, &format!("[proxy]\nlisten = \"{second}\"\n"));
-    let moved = logs
-        .until("the move", |r| message(r) == "forward proxy listening")
-        .await;
+    let moved = logs.until("the move", |r| message(r) == "listening").await;
+    assert_eq!(moved["fields"]["inbound"], "http proxy");
     assert_eq!(moved["fields"]["listen"], second.to_string());
     assert_eq!(moved["fields"]["was"], first.to_string());
     reloaded(&mut logs).await;

@@ -1,6 +1,6 @@
-//! The forward proxy's listener: binds, accepts on every worker thread,
-//! hands each client connection to the least busy worker, and shuts down
-//! gracefully.
+//! The proxy's listeners: every worker thread accepts on every inbound's
+//! socket, hands each connection to the least busy worker and to the
+//! inbound it came in on, and shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use ferryman_capture::Capture;
 use ferryman_http::headers::Via;
 use ferryman_http::{UpstreamClient, UpstreamConfig, UpstreamSettings};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,17 +21,18 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::http_proxy::ProxyRoute;
+use super::sockets::{self, Listening, Serves, Sockets, Wanted};
 use super::workers::{Assigned, WorkerThread};
 use crate::context::{Settings, Shared, Worker};
 use crate::exchange::connection::{self, Protocol};
 use crate::exchange::counted::Counted;
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
-use ferryman_http::dial::OwnAddrs;
 use crate::outbound::Env;
 use crate::policy::Policy;
 use crate::session::Sessions;
 use crate::ProxyConfig;
+use ferryman_http::dial::OwnAddrs;
 use ferryman_http::limit::{Limit, Permit};
 
 /// Where a proxy reports what it carries.
@@ -61,11 +62,11 @@ pub struct RunningProxy {
 pub struct Control {
     shared: Arc<Shared>,
     upstream: Arc<UpstreamSettings>,
-    /// The listening socket; every worker accepts on a duplicate of it.
-    /// Replaced when `proxy.listen` changes, emptied at shutdown.
-    listener: Arc<watch::Sender<Option<Arc<std::net::TcpListener>>>>,
-    /// The address asked for (port 0 stays 0) and the one bound.
-    bound: Arc<Mutex<(SocketAddr, SocketAddr)>>,
+    /// The listening sockets; every worker accepts on duplicates of them.
+    /// Replaced when a reload moves one, emptied at shutdown.
+    sockets: Arc<watch::Sender<Sockets>>,
+    /// One reload at a time.
+    applying: Arc<Mutex<()>>,
     /// The worker threads' runtimes, once serving.
     runtimes: Arc<std::sync::OnceLock<Vec<Handle>>>,
 }
@@ -85,10 +86,14 @@ impl ForwardProxy {
         interception: Option<Interception>,
         observers: Observers,
     ) -> std::io::Result<Self> {
-        let listener = bind_listener(config.listen)?;
-        let listen = listener.local_addr()?;
+        let wanted = [Wanted {
+            serves: Serves::HttpProxy,
+            key: "proxy.listen".into(),
+            addr: config.listen,
+        }];
+        let sockets = sockets::rebind(&[], &wanted).map_err(std::io::Error::other)?;
         let own = OwnAddrs::default();
-        own.add(listen);
+        sockets.iter().for_each(|s| own.add(s.addr));
         let policy = Policy::standard(&Env {
             own: own.clone(),
             tls: upstream_tls.clone(),
@@ -112,8 +117,8 @@ impl ForwardProxy {
             control: Control {
                 shared,
                 upstream: UpstreamSettings::new(upstream, upstream_tls, places),
-                listener: Arc::new(watch::Sender::new(Some(Arc::new(listener)))),
-                bound: Arc::new(Mutex::new((config.listen, listen))),
+                sockets: Arc::new(watch::Sender::new(sockets)),
+                applying: Arc::default(),
                 runtimes: Arc::default(),
             },
         })
@@ -237,8 +242,15 @@ impl Control {
         self.shared.settings.load_full()
     }
 
+    /// The HTTP proxy's address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.bound.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.address_of(Serves::HttpProxy)
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    fn address_of(&self, serves: Serves) -> Option<SocketAddr> {
+        let sockets = self.sockets.borrow();
+        sockets.iter().find(|s| s.serves == serves).map(|s| s.addr)
     }
 
     /// Tasks alive on the worker threads: connections, tunnels, upstream
@@ -257,21 +269,27 @@ impl Control {
     }
 
     /// Puts `settings` in force for the connections accepted from now on;
-    /// those already open keep theirs. A changed `proxy.listen` is bound
-    /// first, and the old listener closes once the new one accepts; if it
-    /// cannot be bound, nothing changes and the error says why.
+    /// those already open keep theirs. A listening address that changed is
+    /// bound first, and the old socket closes once the new one accepts; if
+    /// one cannot be bound, nothing changes and the error says why.
     pub fn apply(&self, settings: Settings) -> Result<(), String> {
-        let wanted = settings.proxy.listen;
-        let mut bound = self.bound.lock().unwrap_or_else(|e| e.into_inner());
-        if wanted != bound.0 {
-            let listener = bind_listener(wanted)
-                .and_then(|l| l.local_addr().map(|addr| (l, addr)))
-                .map_err(|e| format!("proxy.listen: cannot listen on {wanted}: {e}"))?;
-            let (listener, addr) = listener;
-            self.shared.own.replace(bound.1, addr);
-            self.listener.send_replace(Some(Arc::new(listener)));
-            info!(listen = %addr, was = %bound.1, "forward proxy listening");
-            *bound = (wanted, addr);
+        let _one_at_a_time = self.applying.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.sockets.borrow().clone();
+        let next = sockets::rebind(&current, &settings.sockets())?;
+        let kept = |l: &Arc<Listening>, among: &Sockets| among.iter().any(|o| Arc::ptr_eq(o, l));
+        for closed in current.iter().filter(|l| !kept(l, &next)) {
+            self.shared.own.remove(closed.addr);
+        }
+        for opened in next.iter().filter(|l| !kept(l, &current)) {
+            self.shared.own.add(opened.addr);
+            let was = current
+                .iter()
+                .find(|l| l.serves == opened.serves && !kept(l, &next))
+                .map(|l| l.addr.to_string());
+            info!(inbound = %opened.serves, listen = %opened.addr, was, "listening");
+        }
+        if next.len() != current.len() || next.iter().any(|l| !kept(l, &current)) {
+            self.sockets.send_replace(next);
         }
         self.shared
             .connections
@@ -299,8 +317,9 @@ impl Control {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> std::io::Result<()> {
-        let mut moves = self.listener.subscribe();
-        let mut listener = accepting(&mut moves)?;
+        let mut moves = self.sockets.subscribe();
+        let mut sockets = sockets::duplicates(&moves.borrow_and_update())?;
+        let mut turn = 0;
         let tasks = &self.shared.tasks;
         let mut saturated = false;
         loop {
@@ -326,36 +345,41 @@ impl Control {
                     }
                 }
             };
-            let accepted = tokio::select! {
+            let (listening, accepted) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 moved = moves.changed() => {
-                    // The listener moved: accept on the new one from now on.
+                    // A socket moved: accept on the new ones from now on.
                     if moved.is_ok() {
-                        if let Some(next) = accepting(&mut moves)? {
-                            listener = Some(next);
-                        }
+                        sockets = sockets::duplicates(&moves.borrow_and_update())?;
                     }
                     continue;
                 }
-                accepted = accept(listener.as_ref()) => accepted,
+                accepted = sockets::accept(&sockets, &mut turn) => accepted,
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let connection = Connection {
+                        stream,
+                        peer,
+                        serves: listening.serves,
+                    };
                     let assigned = Assigned::least_loaded(&workers, me);
                     if Arc::ptr_eq(assigned.worker(), &workers[me]) {
                         tasks.spawn(serve_assigned(
-                            Accepted::Here(stream),
-                            peer,
+                            Accepted::Here(connection.stream),
+                            connection.peer,
+                            connection.serves,
                             assigned,
                             permit,
                         ));
                     } else {
-                        match stream.into_std() {
+                        match connection.stream.into_std() {
                             Ok(stream) => {
                                 let runtime = assigned.worker().runtime.clone();
                                 let serving = serve_assigned(
                                     Accepted::HandedOver(stream),
-                                    peer,
+                                    connection.peer,
+                                    connection.serves,
                                     assigned,
                                     permit,
                                 );
@@ -374,8 +398,8 @@ impl Control {
         }
         // Stop listening at once: a client that connects during the grace
         // period is refused, not left waiting in a queue nobody reads.
-        drop(listener);
-        self.listener.send_replace(None);
+        drop(sockets);
+        self.sockets.send_replace(Arc::from([]));
         self.shared.stopping.cancel();
         // Every worker thread gets here; the one that closes the tracker says so.
         if tasks.close() {
@@ -392,31 +416,6 @@ impl Control {
             tasks.wait().await;
         }
         Ok(())
-    }
-}
-
-/// A listening socket ready for accepting on several threads.
-fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
-/// This worker's duplicate of the listening socket in force, if any.
-fn accepting(
-    moves: &mut watch::Receiver<Option<Arc<std::net::TcpListener>>>,
-) -> std::io::Result<Option<TcpListener>> {
-    let current = moves.borrow_and_update().clone();
-    current
-        .map(|listener| TcpListener::from_std(listener.try_clone()?))
-        .transpose()
-}
-
-/// Accepts on `listener`; without one (shut down), never.
-async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(listener) => listener.accept().await,
-        None => std::future::pending().await,
     }
 }
 
@@ -445,7 +444,20 @@ enum Accepted {
     HandedOver(std::net::TcpStream),
 }
 
-async fn serve_assigned(accepted: Accepted, peer: SocketAddr, assigned: Assigned, permit: Permit) {
+/// A connection just accepted, and what it came in for.
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    serves: Serves,
+}
+
+async fn serve_assigned(
+    accepted: Accepted,
+    peer: SocketAddr,
+    serves: Serves,
+    assigned: Assigned,
+    permit: Permit,
+) {
     let stream = match accepted {
         Accepted::Here(stream) => stream,
         Accepted::HandedOver(stream) => match TcpStream::from_std(stream) {
@@ -458,7 +470,10 @@ async fn serve_assigned(accepted: Accepted, peer: SocketAddr, assigned: Assigned
     };
     // The place is the connection's, and the tunnel's it may turn into.
     let place = Arc::new(permit);
-    serve(stream, peer, assigned.worker().worker.clone(), place).await;
+    let worker = assigned.worker().worker.clone();
+    match serves {
+        Serves::HttpProxy => serve(stream, peer, worker, place).await,
+    }
     drop(assigned);
 }
 

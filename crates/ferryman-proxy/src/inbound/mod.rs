@@ -7,5 +7,6 @@ pub(crate) mod auth;
 pub(crate) mod http_proxy;
 pub(crate) mod listener;
 mod routing;
+pub(crate) mod sockets;
 mod tunnels;
 mod workers;

@@ -14,9 +14,9 @@ use crate::context::{Settings, Worker};
 use crate::exchange::forward::{self, Forwarding};
 use crate::exchange::local;
 use crate::exchange::witness::Witness;
-use ferryman_http::dial::resolve;
 use crate::outbound::Way;
 use crate::policy::{Facts, Verdict};
+use ferryman_http::dial::resolve;
 
 /// Who a session is from: what the policy knows before any request.
 #[derive(Clone)]
