@@ -99,6 +99,11 @@ impl CertificateAuthority {
         &self.cert_der
     }
 
+    /// The CA certificate's SHA-256 fingerprint, which agents can pin.
+    pub fn fingerprint(&self) -> String {
+        crate::fingerprint(self.cert_der())
+    }
+
     /// A certificate for `host` (a DNS name or an IP address) with the CA
     /// in its chain, minted on first use and cached.
     pub fn leaf(&self, host: &str) -> Result<Arc<CertifiedKey>, TlsError> {

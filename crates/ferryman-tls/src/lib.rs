@@ -1,14 +1,17 @@
 //! TLS for ferryman: its own certificate authority and the leaf certificates
-//! it mints, and how it checks the servers it connects to.
+//! it mints, and how it checks the servers it connects to (an agent its
+//! gateway among them).
 
 mod ca;
+mod pinned;
 mod provider;
 mod upstream;
 
 use std::path::PathBuf;
 
 pub use ca::CertificateAuthority;
-pub use provider::{provider, server_picks_suite};
+pub use pinned::{fingerprint, gateway_client_config};
+pub use provider::{provider, server_config, server_picks_suite};
 pub use rustls::sign::CertifiedKey;
 pub use upstream::client_config;
 

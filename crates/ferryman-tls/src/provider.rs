@@ -3,6 +3,9 @@
 use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
 use rustls::{CipherSuite, ProtocolVersion, SupportedCipherSuite};
 
 /// ring's suites with AES-128-GCM first within each protocol version.
@@ -131,5 +134,31 @@ mod tests {
             suites[first_tls12],
             CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
         );
+    }
+}
+
+/// A server config presenting `leaf`, with `alpn` and, when `picks_suite`,
+/// the suite chosen from ferryman's order (see [`server_picks_suite`]).
+pub fn server_config(
+    leaf: Arc<CertifiedKey>,
+    alpn: Vec<Vec<u8>>,
+    picks_suite: bool,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Leaf(leaf)));
+    config.alpn_protocols = alpn;
+    config.ignore_client_order = picks_suite;
+    Ok(Arc::new(config))
+}
+
+/// The one certificate a connection is served with.
+#[derive(Debug)]
+struct Leaf(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Leaf {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
     }
 }

@@ -51,7 +51,7 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let invalid = |reason: String| TlsError::Invalid {
         path: path.to_path_buf(),
         reason,

@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex};
 use ferryman_capture::TlsFacts;
 use ferryman_http::upstream::Conn;
 use ferryman_http::{Target, UpstreamError};
-use ferryman_tls::{CertificateAuthority, CertifiedKey};
-use rustls::server::{Accepted, Acceptor, ClientHello, ResolvesServerCert};
-use rustls::{AlertDescription, ServerConfig};
+use ferryman_tls::CertificateAuthority;
+use rustls::server::{Accepted, Acceptor};
+use rustls::AlertDescription;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::StartHandshake;
@@ -297,7 +297,7 @@ async fn tls(
     };
     let picks_suite = ferryman_tls::server_picks_suite(hello.cipher_suites());
     let (alpn, upstream_failed) = mirror_alpn(worker, &target, upstream, spoken).await;
-    let config = match server_config(leaf, alpn, picks_suite) {
+    let config = match ferryman_tls::server_config(leaf, alpn, picks_suite) {
         Ok(config) => config,
         Err(e) => {
             debug!(error = %e, "cannot build the interception TLS config");
@@ -382,30 +382,6 @@ async fn mirror_alpn(
 
 /// `picks_suite`: choose the cipher suite from ferryman's order instead of
 /// the client's (see [`ferryman_tls::server_picks_suite`]).
-fn server_config(
-    leaf: Arc<CertifiedKey>,
-    alpn: Vec<Vec<u8>>,
-    picks_suite: bool,
-) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(ferryman_tls::provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Leaf(leaf)));
-    config.alpn_protocols = alpn;
-    config.ignore_client_order = picks_suite;
-    Ok(Arc::new(config))
-}
-
-/// The one certificate of an intercepted connection.
-#[derive(Debug)]
-struct Leaf(Arc<CertifiedKey>);
-
-impl ResolvesServerCert for Leaf {
-    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
-    }
-}
-
 /// The client's alert says it does not trust the certificate: it pins, or
 /// ferryman's CA is not installed there.
 fn rejected_our_certificate(error: &std::io::Error) -> bool {
