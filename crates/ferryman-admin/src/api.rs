@@ -69,6 +69,31 @@ pub(crate) async fn close_connection(State(shared): Shard, Path(id): Path<u64>) 
     }
 }
 
+/// The tunnel's agents, with their groups; empty when this is no gateway.
+pub(crate) async fn agents(State(shared): Shard) -> Response {
+    let agents = shared
+        .agents
+        .as_ref()
+        .map(|registry| registry.snapshot())
+        .unwrap_or_default();
+    let groups = shared
+        .agents
+        .as_ref()
+        .map(|registry| registry.groups())
+        .unwrap_or_default();
+    Json(json!({ "agents": agents, "groups": groups })).into_response()
+}
+
+/// Closes an agent's carriers; it reconnects unless its token is revoked.
+pub(crate) async fn disconnect_agent(State(shared): Shard, Path(id): Path<String>) -> Response {
+    match &shared.agents {
+        Some(registry) if registry.disconnect(&id) => {
+            Json(json!({ "disconnected": id })).into_response()
+        }
+        _ => error(StatusCode::NOT_FOUND, &format!("no connected agent {id:?}")),
+    }
+}
+
 pub(crate) async fn close_all(State(shared): Shard) -> Response {
     Json(json!({ "closed": shared.sessions.close_all() })).into_response()
 }
@@ -462,7 +487,11 @@ pub(crate) async fn metrics(State(shared): Shard) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics.render(&shared.sessions, shared.capture.as_ref()),
+        metrics.render(
+            &shared.sessions,
+            shared.capture.as_ref(),
+            shared.agent_gauge.as_ref(),
+        ),
     )
         .into_response()
 }

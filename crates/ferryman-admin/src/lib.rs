@@ -59,6 +59,8 @@ pub struct Parts {
     /// None when another recorder owns the process (tests).
     pub metrics: Option<Metrics>,
     pub proxy_listen: SocketAddr,
+    /// The tunnel's agents, when this ferryman is a gateway.
+    pub agents: Option<Arc<ferryman_tunnel::Registry>>,
 }
 
 pub(crate) struct Shared {
@@ -69,6 +71,8 @@ pub(crate) struct Shared {
     settings: Arc<dyn Settings>,
     logs: LogFeed,
     metrics: Option<Metrics>,
+    agents: Option<Arc<ferryman_tunnel::Registry>>,
+    agent_gauge: Option<metrics::AgentGauge>,
     hub: live::Hub,
     started: SystemTime,
     proxy_listen: SocketAddr,
@@ -115,6 +119,8 @@ impl Admin {
             settings: parts.settings,
             logs: parts.logs,
             metrics: parts.metrics,
+            agent_gauge: parts.agents.clone().map(metrics::AgentGauge::new),
+            agents: parts.agents,
             hub: live::Hub::default(),
             started: SystemTime::now(),
             proxy_listen: parts.proxy_listen,
@@ -257,6 +263,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/config", get(api::config).patch(api::update_config))
         .route("/api/config/reload", post(api::reload_config))
         .route("/api/route", get(api::route))
+        .route("/api/agents", get(api::agents))
+        .route("/api/agents/{id}", delete(api::disconnect_agent))
         .route("/api/live", get(live_stream))
         .route("/api/logout", post(auth::logout))
         .route_layer(axum::middleware::from_fn_with_state(

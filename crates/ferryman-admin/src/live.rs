@@ -38,7 +38,7 @@ pub(crate) enum Topic {
     Connections = 2,
     Logs = 4,
     Exchanges = 8,
-    /// Tunnel agents; nothing is published yet.
+    /// Tunnel agents: the whole list, when it changes.
     Agents = 16,
 }
 
@@ -291,6 +291,9 @@ fn subscription(
     if let (true, Some(capture)) = (topics & Topic::Exchanges as u8 != 0, &shared.capture) {
         shared.hub.exchanges.open(|| capture.watch());
     }
+    if topics & Topic::Agents as u8 != 0 && before & Topic::Agents as u8 == 0 {
+        then.push(frame("agents", agents_now(shared)));
+    }
     // A new connections subscriber starts from the whole table.
     if topics & Topic::Connections as u8 != 0 && before & Topic::Connections as u8 == 0 {
         let all = Changes {
@@ -387,6 +390,7 @@ pub(crate) fn spawn_producers(shared: &Arc<Shared>) {
     tokio::spawn(connections(shared.clone()));
     tokio::spawn(logs(shared.clone()));
     tokio::spawn(exchanges(shared.clone()));
+    tokio::spawn(agents(shared.clone()));
 }
 
 async fn every(period: Duration, shared: &Shared, mut tick: impl FnMut()) {
@@ -528,5 +532,35 @@ async fn exchanges(shared: Arc<Shared>) {
             }
         },
     )
+    .await
+}
+
+const AGENTS_EVERY: Duration = Duration::from_secs(1);
+
+fn agents_now(shared: &Shared) -> Vec<ferryman_tunnel::AgentSnapshot> {
+    shared
+        .agents
+        .as_ref()
+        .map(|registry| registry.snapshot())
+        .unwrap_or_default()
+}
+
+/// The agents' list every second (their heartbeats and byte counts move),
+/// when it differs from the last one sent.
+async fn agents(shared: Arc<Shared>) {
+    let mut previous = None;
+    every(AGENTS_EVERY, &shared.clone(), || {
+        if !shared.hub.any(Topic::Agents) {
+            previous = None;
+            return;
+        }
+        let Some(frame) = frame("agents", agents_now(&shared)) else {
+            return;
+        };
+        if previous.as_ref() != Some(&frame) {
+            previous = Some(frame.clone());
+            shared.hub.publish(Topic::Agents, |_| Some(frame.clone()));
+        }
+    })
     .await
 }

@@ -37,7 +37,15 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
-    pub(crate) fn render(&self, sessions: &Sessions, capture: Option<&Capture>) -> String {
+    pub(crate) fn render(
+        &self,
+        sessions: &Sessions,
+        capture: Option<&Capture>,
+        agents: Option<&AgentGauge>,
+    ) -> String {
+        if let Some(agents) = agents {
+            agents.set();
+        }
         let traffic = sessions.traffic();
         metrics::counter!("ferryman_bytes_total", "direction" => "up").absolute(traffic.bytes_up);
         metrics::counter!("ferryman_bytes_total", "direction" => "down")
@@ -75,6 +83,32 @@ impl Metrics {
             metrics::gauge!("ferryman_capture_queued_bytes").set(capture.queued_bytes() as f64);
         }
         self.handle.render()
+    }
+}
+
+/// `ferryman_tunnel_agents` by group, read from the registry at scrape
+/// time; a group seen once is reported (as 0) after its last agent left.
+pub(crate) struct AgentGauge {
+    registry: std::sync::Arc<ferryman_tunnel::Registry>,
+    seen: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl AgentGauge {
+    pub(crate) fn new(registry: std::sync::Arc<ferryman_tunnel::Registry>) -> Self {
+        Self {
+            registry,
+            seen: Default::default(),
+        }
+    }
+
+    fn set(&self) {
+        let groups = self.registry.groups();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.extend(groups.keys().cloned());
+        for group in seen.iter() {
+            let count = groups.get(group).copied().unwrap_or(0);
+            metrics::gauge!("ferryman_tunnel_agents", "group" => group.clone()).set(count as f64);
+        }
     }
 }
 
@@ -132,5 +166,22 @@ fn describe() {
     describe_counter!(
         "ferryman_admin_subscribers_dropped_total",
         "Live-view subscribers dropped for not keeping up"
+    );
+    describe_gauge!(
+        "ferryman_tunnel_agents",
+        "Tunnel agents connected, by group"
+    );
+    describe_counter!(
+        "ferryman_tunnel_streams_total",
+        "Streams asked of agents, by group (or agent:id) and result: opened, or why not"
+    );
+    describe_counter!(
+        "ferryman_tunnel_carriers_total",
+        "Agents' carrier connections, accepted or refused"
+    );
+    describe_counter!(
+        "ferryman_tunnel_bytes_total",
+        Unit::Bytes,
+        "Bytes through agents' streams, by group and direction (in: from the agent)"
     );
 }

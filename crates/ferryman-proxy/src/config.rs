@@ -1,5 +1,6 @@
 //! The `[proxy]` section: the HTTP proxy's listener, who may use it, and
-//! the limits and deadlines every client connection is held to.
+//! the limits and deadlines every client connection is held to; and the
+//! `[socks5]` section, which takes the same users.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -147,6 +148,52 @@ impl ProxyConfig {
             if value.is_zero() {
                 errors.push(Invalid::new(key, "must be greater than zero"));
             }
+        }
+    }
+}
+
+/// The `[socks5]` section: a SOCKS5 listener taking the same users as the
+/// HTTP proxy (`proxy.auth`) and following the same rules.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Socks5Config {
+    /// Where SOCKS5 clients connect; unset, there is no SOCKS5 listener.
+    pub listen: Option<SocketAddr>,
+    /// A UDP association with no datagram either way for this long ends.
+    #[serde(with = "humantime_serde")]
+    pub udp_idle_timeout: Duration,
+}
+
+impl Default for Socks5Config {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            udp_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Socks5Config {
+    pub fn validate(&self, proxy: &ProxyConfig, errors: &mut Vec<Invalid>) {
+        if let Some(listen) = self.listen {
+            if !listen.ip().is_loopback() && proxy.auth.is_empty() && !proxy.allow_open_proxy {
+                errors.push(Invalid::new(
+                    "socks5.listen",
+                    format!(
+                        "{listen} is reachable beyond this machine and proxy.auth is empty: anyone \
+                         could use this proxy; set proxy.auth, or proxy.allow_open_proxy = true if that is intended"
+                    ),
+                ));
+            }
+            if listen == proxy.listen {
+                errors.push(Invalid::new("socks5.listen", "is proxy.listen already"));
+            }
+        }
+        if self.udp_idle_timeout.is_zero() {
+            errors.push(Invalid::new(
+                "socks5.udp_idle_timeout",
+                "must be greater than zero",
+            ));
         }
     }
 }

@@ -13,6 +13,7 @@ use ferryman_http::UpstreamClient;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Socks5Config;
 use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
 use crate::inbound::auth::ProxyAuth;
@@ -22,6 +23,8 @@ use crate::session::Sessions;
 use crate::ProxyConfig;
 use ferryman_http::dial::OwnAddrs;
 use ferryman_http::limit::Limit;
+use ferryman_tunnel::ServiceConfig;
+use std::net::SocketAddr;
 
 /// The configuration the sessions starting now get; replaced whole by a
 /// reload, never changed in place.
@@ -29,6 +32,11 @@ pub struct Settings {
     pub(crate) proxy: ProxyConfig,
     pub(crate) auth: Option<ProxyAuth>,
     pub(crate) policy: Policy,
+    pub(crate) socks5: Socks5Config,
+    /// Where agents' carriers come in, when this is the tunnel's gateway.
+    pub(crate) carriers: Option<SocketAddr>,
+    /// Ports that reach services behind agents.
+    pub(crate) services: Vec<ServiceConfig>,
 }
 
 impl Settings {
@@ -37,7 +45,30 @@ impl Settings {
             auth: ProxyAuth::new(&proxy.auth),
             proxy,
             policy,
+            socks5: Socks5Config::default(),
+            carriers: None,
+            services: Vec::new(),
         }
+    }
+
+    /// With a SOCKS5 listener, as `socks5` says.
+    pub fn with_socks5(self, socks5: Socks5Config) -> Self {
+        Self { socks5, ..self }
+    }
+
+    /// With the tunnel's listeners: agents' carriers at `carriers`, and
+    /// `services`.
+    pub fn with_tunnel(self, carriers: Option<SocketAddr>, services: Vec<ServiceConfig>) -> Self {
+        Self {
+            carriers,
+            services,
+            ..self
+        }
+    }
+
+    /// The published service listening at `addr`.
+    pub(crate) fn service(&self, addr: SocketAddr) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.listen == addr)
     }
 
     pub fn policy(&self) -> &Policy {
@@ -46,11 +77,23 @@ impl Settings {
 
     /// The listening sockets these settings ask for.
     pub(crate) fn sockets(&self) -> Vec<Wanted> {
-        vec![Wanted {
-            serves: Serves::HttpProxy,
-            key: "proxy.listen".into(),
-            addr: self.proxy.listen,
-        }]
+        let want = |serves, key: String, addr| Wanted { serves, key, addr };
+        let mut wanted = vec![want(
+            Serves::HttpProxy,
+            "proxy.listen".into(),
+            self.proxy.listen,
+        )];
+        if let Some(addr) = self.socks5.listen {
+            wanted.push(want(Serves::Socks5, "socks5.listen".into(), addr));
+        }
+        if let Some(addr) = self.carriers {
+            wanted.push(want(Serves::Carriers, "tunnel.listen".into(), addr));
+        }
+        for (i, service) in self.services.iter().enumerate() {
+            let key = format!("tunnel.services[{i}].listen");
+            wanted.push(want(Serves::Service, key, service.listen));
+        }
+        wanted
     }
 }
 
@@ -77,6 +120,8 @@ pub(crate) struct Shared {
     pub(crate) own: OwnAddrs,
     /// How upstream TLS is checked, for the proxies reached over TLS.
     pub(crate) tls: ArcSwap<rustls::ClientConfig>,
+    /// The tunnel's gateway, when this ferryman is one.
+    pub(crate) gateway: std::sync::OnceLock<Arc<ferryman_tunnel::Gateway>>,
 }
 
 /// One worker thread's view: the shared part plus the thread's own

@@ -13,7 +13,7 @@ pub mod outbound;
 pub mod policy;
 pub mod session;
 
-pub use config::ProxyConfig;
+pub use config::{ProxyConfig, Socks5Config};
 pub use context::Settings;
 pub use exchange::Interception;
 pub use inbound::listener::{Control, ForwardProxy, Observers, RunningProxy};

@@ -27,16 +27,25 @@ pub enum Kind {
     InterceptedTls,
     InterceptedHttp,
     Websocket,
+    /// A client's connection to the SOCKS5 listener.
+    Socks5,
+    /// A SOCKS5 UDP association.
+    Udp,
+    /// A connection to a service published through the tunnel.
+    Service,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 9] = [
         Kind::Http,
         Kind::Exchange,
         Kind::Tunnel,
         Kind::InterceptedTls,
         Kind::InterceptedHttp,
         Kind::Websocket,
+        Kind::Socks5,
+        Kind::Udp,
+        Kind::Service,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +56,9 @@ impl Kind {
             Kind::InterceptedTls => "intercepted-tls",
             Kind::InterceptedHttp => "intercepted-http",
             Kind::Websocket => "websocket",
+            Kind::Socks5 => "socks5",
+            Kind::Udp => "udp",
+            Kind::Service => "service",
         }
     }
 
@@ -135,6 +147,8 @@ pub struct Session {
     closed: OnceLock<SystemTime>,
     /// The way out the policy chose and the rule that chose it.
     route: OnceLock<(Arc<str>, Arc<str>)>,
+    /// Who carries it beyond the way out: the agent of a group.
+    carrier: OnceLock<Arc<str>>,
     bytes: Counters,
     /// For a tunnel: the bodies of the exchanges inside it.
     children: Counters,
@@ -160,6 +174,8 @@ pub struct SessionSnapshot {
     pub outbound: Option<Arc<str>>,
     /// The rule that chose it (`default` when none did).
     pub rule: Option<Arc<str>>,
+    /// The tunnel's agent that carries it, when it goes through one.
+    pub agent: Option<Arc<str>>,
     pub started_ms: u64,
     pub state: &'static str,
     pub closed_ms: Option<u64>,
@@ -225,8 +241,15 @@ impl Sessions {
     }
 
     /// A new client connection.
-    pub(crate) fn connection(&self, client: SocketAddr) -> Arc<SessionGuard> {
-        Arc::new(self.open(None, Kind::Http, client, String::new(), None))
+    /// A client's connection to a listener: `kind` says which, `target`
+    /// where it goes when the listener alone says so (a published service).
+    pub(crate) fn connection(
+        &self,
+        kind: Kind,
+        client: SocketAddr,
+        target: String,
+    ) -> Arc<SessionGuard> {
+        Arc::new(self.open(None, kind, client, target, None))
     }
 
     /// A new session inside `parent`, which stays open as long as it does;
@@ -284,6 +307,7 @@ impl Sessions {
             start: Instant::now(),
             closed: OnceLock::new(),
             route: OnceLock::new(),
+            carrier: OnceLock::new(),
             bytes: Counters::default(),
             children: Counters::default(),
             client_bytes,
@@ -468,6 +492,10 @@ impl Session {
         let _ = self.route.set((outbound.clone(), rule.clone()));
     }
 
+    pub(crate) fn set_carrier(&self, carrier: Arc<str>) {
+        let _ = self.carrier.set(carrier);
+    }
+
     /// What the session is about: a URL for an exchange, `host:port` for a tunnel.
     pub(crate) fn target(&self) -> &str {
         &self.target
@@ -555,6 +583,7 @@ impl Session {
             target: self.target.clone(),
             outbound: self.route.get().map(|(outbound, _)| outbound.clone()),
             rule: self.route.get().map(|(_, rule)| rule.clone()),
+            agent: self.carrier.get().cloned(),
             started_ms: unix_ms(self.started),
             state: if closed.is_some() { "closed" } else { "open" },
             closed_ms: closed.map(unix_ms),
@@ -604,7 +633,11 @@ mod tests {
         let sessions = Sessions::new(Duration::from_secs(5), 10);
         let start = sessions.traffic();
         assert_eq!((start.rate_up, start.rate_down), (0.0, 0.0));
-        let connection = sessions.connection(SocketAddr::from(([127, 0, 0, 1], 40000)));
+        let connection = sessions.connection(
+            Kind::Http,
+            SocketAddr::from(([127, 0, 0, 1], 40000)),
+            String::new(),
+        );
         connection.socket_bytes(300, 9_000);
         // A rate is measured over a window of its own; callers inside it
         // get the previous rates.

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod peers;
 pub mod raw;
 pub mod s3;
+pub mod socks;
 pub mod tls;
 
 use std::future::Future;

@@ -20,4 +20,4 @@ mod ws;
 pub use agent::{Agent, AgentConfig};
 pub use carrier::CarrierConfig;
 pub use config::{ServiceConfig, TunnelConfig, Via};
-pub use gateway::{AgentSnapshot, AgentStream, Gateway, OpenError, Registry};
+pub use gateway::{AgentSnapshot, AgentStream, Gateway, OpenError, Prepared, Registry};

@@ -47,6 +47,11 @@ pub enum Command {
     /// ferryman's certificate authority, created on first use.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Run as a tunnel agent: dial out to a gateway and carry the streams
+    /// it opens into this network. With -c, the file's keys (gateway,
+    /// token, group, id, allow, deny, gateway_ca, gateway_fingerprint, via,
+    /// carriers, ...) come first and these flags over them.
+    Agent(AgentArgs),
     /// Export captured exchanges as HAR 1.2.
     Har {
         /// Exchanges started at or after this: an RFC 3339 time
@@ -92,10 +97,55 @@ pub enum BodyPart {
     Response,
 }
 
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The gateway: wss://host:port (its tunnel.listen).
+    #[arg(long, value_name = "URL")]
+    pub gateway: Option<String>,
+    /// One of the gateway's tunnel.agents tokens.
+    #[arg(
+        long,
+        env = "FERRYMAN_AGENT_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// The group to join (the token must allow it).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// What the gateway lists this agent as (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub id: Option<String>,
+    /// Destinations this agent may dial: an address, a CIDR, a name,
+    /// *.name or .name. Repeat it; without any, everything but this
+    /// machine's own, link-local and cloud metadata addresses.
+    #[arg(long, value_name = "CIDR|NAME")]
+    pub allow: Vec<String>,
+    /// Destinations refused whatever --allow says.
+    #[arg(long, value_name = "CIDR|NAME")]
+    pub deny: Vec<String>,
+    /// The gateway's CA certificate (PEM): what `ferryman ca path` prints there.
+    #[arg(long, value_name = "FILE")]
+    pub gateway_ca: Option<PathBuf>,
+    /// Or the SHA-256 fingerprint of the gateway's certificate or CA
+    /// (`ferryman ca fingerprint` there).
+    #[arg(long, value_name = "SHA256")]
+    pub gateway_fingerprint: Option<String>,
+    /// Reach the gateway through this HTTP proxy (CONNECT): http://host:port.
+    #[arg(long, value_name = "URL")]
+    pub via: Option<String>,
+    /// Carriers kept open to the gateway (default 2).
+    #[arg(long, value_name = "N")]
+    pub carriers: Option<usize>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
     /// Print the path of the CA certificate (PEM).
     Path,
+    /// Print the CA certificate's SHA-256 fingerprint, which agents can pin
+    /// with --gateway-fingerprint.
+    Fingerprint,
     /// Write the CA certificate to stdout or a file, for clients to trust.
     Export {
         #[arg(long, value_enum, default_value = "pem")]
@@ -130,6 +180,14 @@ pub struct Overrides {
     #[arg(long, global = true, value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
 
+    /// Address of a SOCKS5 listener (socks5.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub socks5_listen: Option<SocketAddr>,
+
+    /// Where the tunnel's agents connect, making this a gateway (tunnel.listen).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub tunnel_listen: Option<SocketAddr>,
+
     /// Where ferryman keeps its state (data_dir).
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -153,6 +211,12 @@ impl Overrides {
         }
         if let Some(addr) = self.admin_listen {
             all.push(format!("admin.listen={addr}"));
+        }
+        if let Some(addr) = self.socks5_listen {
+            all.push(format!("socks5.listen={addr}"));
+        }
+        if let Some(addr) = self.tunnel_listen {
+            all.push(format!("tunnel.listen={addr}"));
         }
         if let Some(dir) = &self.data_dir {
             all.push(format!("data_dir={}", dir.display()));

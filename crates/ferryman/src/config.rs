@@ -9,7 +9,8 @@ use ferryman_admin::AdminConfig;
 use ferryman_capture::CaptureConfig;
 use ferryman_http::config::{humantime_serde, Invalid};
 use ferryman_http::UpstreamConfig;
-use ferryman_proxy::{InterceptConfig, OutboundConfig, ProxyConfig, RuleConfig};
+use ferryman_proxy::{InterceptConfig, OutboundConfig, ProxyConfig, RuleConfig, Socks5Config};
+use ferryman_tunnel::TunnelConfig;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
@@ -26,6 +27,7 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub proxy: ProxyConfig,
+    pub socks5: Socks5Config,
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
     pub intercept: InterceptConfig,
@@ -37,6 +39,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// The reverse tunnel's gateway: agents, published services.
+    pub tunnel: TunnelConfig,
 }
 
 /// The connection table.
@@ -122,6 +126,7 @@ impl Default for Config {
             workers: 0,
             shutdown_grace: Duration::from_secs(10),
             proxy: ProxyConfig::default(),
+            socks5: Socks5Config::default(),
             upstream: UpstreamConfig::default(),
             tls: TlsConfig::default(),
             intercept: InterceptConfig::default(),
@@ -131,6 +136,7 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            tunnel: TunnelConfig::default(),
         }
     }
 }
@@ -203,7 +209,16 @@ impl Config {
             intercept: &self.intercept,
             base,
         };
-        ferryman_proxy::Policy::compile(spec, env).map_err(|invalid| refusal(table, invalid))
+        let groups = self.tunnel.groups().into_iter().map(String::from).collect();
+        let env = env.clone().with_agent_groups(groups);
+        ferryman_proxy::Policy::compile(spec, &env).map_err(|invalid| refusal(table, invalid))
+    }
+
+    /// What the proxy's listeners and connections follow, with `policy`.
+    pub fn settings(&self, policy: ferryman_proxy::Policy) -> ferryman_proxy::Settings {
+        ferryman_proxy::Settings::new(self.proxy.clone(), policy)
+            .with_socks5(self.socks5.clone())
+            .with_tunnel(self.tunnel.listen, self.tunnel.services.clone())
     }
 
     /// The file's table with the overrides applied, not yet checked.
@@ -238,6 +253,8 @@ impl Config {
     fn validate(&self, table: &Table) -> Result<(), ConfigError> {
         let mut invalid: Vec<Invalid> = Vec::new();
         self.proxy.validate(&mut invalid);
+        self.socks5.validate(&self.proxy, &mut invalid);
+        self.tunnel.validate(&mut invalid);
         self.upstream.validate(&mut invalid);
         self.tls.validate(&mut invalid);
         self.capture.validate(&mut invalid);

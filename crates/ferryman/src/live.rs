@@ -67,18 +67,25 @@ pub struct Live {
     source: Source,
     state: Mutex<State>,
     proxy: ferryman_proxy::Control,
+    /// The tunnel's gateway, and the CA that issues its certificate.
+    gateway: Arc<ferryman_tunnel::Gateway>,
+    ca: Arc<ferryman_tls::CertificateAuthority>,
     reloads_ok: metrics::Counter,
     reloads_failed: metrics::Counter,
 }
 
 impl Live {
-    /// The configuration `config` (from `table`) is in force in `proxy`.
+    /// The configuration `config` (from `table`) is in force in `proxy`
+    /// and `gateway`.
     pub fn new(
         file: Option<PathBuf>,
         command_line: Vec<String>,
-        table: Table,
-        config: Config,
+        (table, config): (Table, Config),
         proxy: ferryman_proxy::Control,
+        (gateway, ca): (
+            Arc<ferryman_tunnel::Gateway>,
+            Arc<ferryman_tls::CertificateAuthority>,
+        ),
     ) -> Arc<Self> {
         Arc::new(Self {
             source: Source { file, command_line },
@@ -91,6 +98,8 @@ impl Live {
                 last: None,
             }),
             proxy,
+            gateway,
+            ca,
             reloads_ok: metrics::counter!("ferryman_config_reloads_total", "result" => "ok"),
             reloads_failed: metrics::counter!("ferryman_config_reloads_total", "result" => "failed"),
         })
@@ -194,8 +203,9 @@ impl Live {
         let policy = new
             .policy(table, &base_dir(self.source.file.as_deref()), &env)
             .map_err(|e| e.to_string())?;
-        let settings = ferryman_proxy::Settings::new(new.proxy.clone(), policy);
-        self.proxy.apply(settings)?;
+        let gateway = ferryman_tunnel::Gateway::prepare(&new.tunnel, self.ca.clone())?;
+        self.proxy.apply(new.settings(policy))?;
+        self.gateway.apply(gateway);
         self.proxy.set_upstream(new.upstream.clone(), tls);
         Ok(changed_fixed_keys(old, new))
     }

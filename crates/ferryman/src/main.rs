@@ -1,6 +1,7 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod agent;
 mod cli;
 mod config;
 mod export;
@@ -68,6 +69,9 @@ fn main() -> ExitCode {
             export::body(config, id, part, decode, output.as_deref())
         }),
         Some(Command::Ca(ref command)) => offline(&cli, |config| ca(config, command)),
+        Some(Command::Agent(ref args)) => {
+            agent::run(cli.config.as_deref(), args, cli.overrides.log_format)
+        }
         Some(Command::Route {
             ref target,
             ref user,
@@ -176,6 +180,10 @@ fn route_text(explained: &ferryman_proxy::Explanation) -> String {
 fn ca(config: &Config, command: &CaCommand) -> Result<(), String> {
     let ca = config.open_ca()?;
     match command {
+        CaCommand::Fingerprint => {
+            println!("{}", ca.fingerprint());
+            Ok(())
+        }
         CaCommand::Path => {
             let path = ca.cert_path();
             let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
@@ -244,16 +252,26 @@ fn run(
         )
     })?;
     let control = proxy.control();
+    // Always a gateway, if only an idle one: a reload can open its listener.
+    let gateway = std::sync::Arc::new(ferryman_tunnel::Gateway::new(&config.tunnel, ca.clone())?);
+    control.serve_tunnel(gateway.clone());
     let policy = config
         .policy(&table, &live::base_dir(file.as_deref()), &control.env())
         .map_err(|e| e.to_string())?;
-    control.apply(ferryman_proxy::Settings::new(config.proxy.clone(), policy))?;
+    control.apply(config.settings(policy))?;
+    if let Some(listen) = config.tunnel.listen {
+        tracing::info!(
+            %listen,
+            fingerprint = %ca.fingerprint(),
+            "tunnel gateway: agents connect with ferryman agent --gateway wss://{listen} --gateway-fingerprint <fingerprint> --token <token> --group <group>"
+        );
+    }
     let live = live::Live::new(
         file.clone(),
         command_line,
-        table,
-        config.clone(),
+        (table, config.clone()),
         control.clone(),
+        (gateway.clone(), ca.clone()),
     );
     let shutdown = CancellationToken::new();
     let admin = if config.admin.enabled {
@@ -265,6 +283,7 @@ fn run(
             logs,
             metrics,
             proxy_listen: proxy.local_addr(),
+            agents: Some(gateway.registry().clone()),
         };
         let admin = ferryman_admin::Admin::bind(&config.admin, &config.data_dir, parts)?;
         control.also_own(admin.local_addr());
@@ -280,7 +299,12 @@ fn run(
     let reloads = live.clone();
     std::thread::Builder::new()
         .name("ferryman-signals".into())
-        .spawn(move || signals.block_on(on_signals(token, reloads)))
+        .spawn(move || {
+            let reload = move || {
+                reloads.reload("signal");
+            };
+            signals.block_on(on_signals(token, reload))
+        })
         .map_err(|e| format!("cannot start the signal handler: {e}"))?;
     let _watching = match &file {
         Some(file) => Some(watch::config_file(file, live.clone())?),
@@ -348,7 +372,12 @@ fn raise_open_file_limit() {
 
 /// SIGINT or SIGTERM: stop accepting and drain; a second one: exit at
 /// once. SIGHUP: reload the configuration.
-async fn on_signals(shutdown: CancellationToken, live: std::sync::Arc<live::Live>) {
+/// SIGTERM and SIGINT stop gracefully, a second one at once; SIGHUP calls
+/// `hangup` (a reload), off the signal thread.
+async fn on_signals<F>(shutdown: CancellationToken, hangup: F)
+where
+    F: Fn() + Clone + Send + 'static,
+{
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -363,8 +392,7 @@ async fn on_signals(shutdown: CancellationToken, live: std::sync::Arc<live::Live
             _ = term.recv() => {}
             _ = int.recv() => {}
             _ = hup.recv() => {
-                let live = live.clone();
-                let _ = tokio::task::spawn_blocking(move || live.reload("signal")).await;
+                let _ = tokio::task::spawn_blocking(hangup.clone()).await;
                 continue;
             }
         }

@@ -41,6 +41,12 @@ pub trait Connect: Send + Sync + 'static {
     fn forwards_plain_http(&self) -> Option<&dyn ForwardingProxy> {
         None
     }
+
+    /// Who carries `conn` beyond this way out (the agent a group chose), for
+    /// the connection table.
+    fn carried_by(&self, _conn: &Conn) -> Option<Arc<str>> {
+        None
+    }
 }
 
 /// An HTTP proxy that forwards absolute-form requests itself.
@@ -53,7 +59,7 @@ pub trait ForwardingProxy: Send + Sync {
 }
 
 /// Any byte stream a connector can give.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + std::any::Any {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
@@ -63,6 +69,16 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 pub enum Conn {
     Tcp(TcpStream),
     Other(Box<dyn Io>),
+}
+
+impl Conn {
+    /// The stream a connector gave, if it is a `T`.
+    pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
+        match self {
+            Conn::Other(io) => (&**io as &dyn std::any::Any).downcast_ref(),
+            Conn::Tcp(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Conn {

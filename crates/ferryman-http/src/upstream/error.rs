@@ -30,6 +30,9 @@ pub enum UpstreamError {
     /// or refused, an agent that could not reach the target.
     #[error("outbound {outbound}: {reason}")]
     Outbound { outbound: String, reason: String },
+    /// The way out refuses this destination (an agent's allow/deny list).
+    #[error("outbound {outbound} refuses it: {reason}")]
+    Denied { outbound: String, reason: String },
 }
 
 impl UpstreamError {
@@ -38,7 +41,28 @@ impl UpstreamError {
             Self::ConnectTimeout(_) | Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::ClientShare(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Loop(_) => StatusCode::LOOP_DETECTED,
+            Self::Denied { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The SOCKS5 reply code that says the same (RFC 1928 §6).
+    pub fn socks_reply(&self) -> u8 {
+        const GENERAL: u8 = 1;
+        const NOT_ALLOWED: u8 = 2;
+        const NETWORK_UNREACHABLE: u8 = 3;
+        const HOST_UNREACHABLE: u8 = 4;
+        const REFUSED: u8 = 5;
+        match self {
+            Self::Denied { .. } | Self::Loop(_) => NOT_ALLOWED,
+            Self::Resolve { .. } | Self::NoAddress(_) | Self::ConnectTimeout(_) => HOST_UNREACHABLE,
+            Self::Connect { source, .. } => match source.kind() {
+                io::ErrorKind::ConnectionRefused => REFUSED,
+                io::ErrorKind::NetworkUnreachable => NETWORK_UNREACHABLE,
+                io::ErrorKind::TimedOut | io::ErrorKind::HostUnreachable => HOST_UNREACHABLE,
+                _ => GENERAL,
+            },
+            _ => GENERAL,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ferryman_http::body;
 use ferryman_http::upstream::Conn;
-use ferryman_http::{ProxyBody, Target};
+use ferryman_http::{ProxyBody, Target, UpstreamError};
 use http::header::{HeaderValue, CONNECTION};
 use http::Response;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -19,7 +19,6 @@ use tracing::debug;
 use super::counted::{Counted, TunnelMeter, UpgradeMeter};
 use super::deadline::{Activity, SendDeadline};
 use super::guard::FramingGuard;
-use super::local;
 use super::witness::Witness;
 use crate::context::{Shared, Worker};
 use crate::session::{Kind, SessionGuard};
@@ -32,20 +31,25 @@ const TUNNEL_BUFFER: usize = 64 * 1024;
 /// copy straight between sockets.
 pub(crate) type ClientIo = TokioIo<FramingGuard<SendDeadline<Counted<TcpStream>>>>;
 
-/// The upstream side of a tunnel to `target`; on failure, the answer the
-/// client gets (which closes its connection).
+/// The upstream side of a tunnel to `target`, with who carries it noted
+/// in the session; on failure, why (recorded).
 pub(crate) async fn open(
     worker: &Worker,
     target: &Target,
     witness: &Witness,
-) -> Result<Conn, Response<ProxyBody>> {
+) -> Result<Conn, UpstreamError> {
     let (host, port) = (target.authority.host(), target.port());
     match worker.upstream.connect(&target.connector, host, port).await {
-        Ok(stream) => Ok(stream),
+        Ok(stream) => {
+            if let Some(carrier) = target.connector.carried_by(&stream) {
+                witness.session().set_carrier(carrier);
+            }
+            Ok(stream)
+        }
         Err(e) => {
             debug!(error = %e, %host, port, "tunnel failed");
             witness.fail(&e);
-            Err(refuse(local::text(e.status(), e)))
+            Err(e)
         }
     }
 }

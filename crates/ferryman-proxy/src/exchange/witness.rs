@@ -128,6 +128,14 @@ impl Witness {
         }
     }
 
+    /// How a tunnel opened for an inbound that speaks no HTTP (SOCKS5, a
+    /// published service) went, as the status an HTTP CONNECT would get.
+    pub(crate) fn answered(&self, status: http::StatusCode) {
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        self.respond(&response);
+    }
+
     /// The response head, as the client gets it.
     pub(crate) fn respond<B>(&self, response: &Response<B>) {
         self.status

@@ -146,7 +146,7 @@ impl ProxyRoute {
         };
         let upstream = match tunnel::open(&self.worker, &plan.target, witness).await {
             Ok(upstream) => upstream,
-            Err(refused) => return refused,
+            Err(e) => return tunnel::refuse(local::text(e.status(), e)),
         };
         let on_client = hyper::upgrade::on(req);
         let witness = witness.clone();

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::http_proxy::ProxyRoute;
 use super::sockets::{self, Listening, Serves, Sockets, Wanted};
 use super::workers::{Assigned, WorkerThread};
+use super::{service, socks5};
 use crate::context::{Settings, Shared, Worker};
 use crate::exchange::connection::{self, Protocol};
 use crate::exchange::counted::Counted;
@@ -30,7 +31,7 @@ use crate::exchange::witness::RequestCounters;
 use crate::exchange::Interception;
 use crate::outbound::Env;
 use crate::policy::Policy;
-use crate::session::Sessions;
+use crate::session::{Kind, Sessions};
 use crate::ProxyConfig;
 use ferryman_http::dial::OwnAddrs;
 use ferryman_http::limit::{Limit, Permit};
@@ -96,7 +97,7 @@ impl ForwardProxy {
         sockets.iter().for_each(|s| own.add(s.addr));
         let policy = Policy::standard(&Env {
             own: own.clone(),
-            tls: upstream_tls.clone(),
+            ..Env::detached(upstream_tls.clone())
         });
         let shared = Arc::new(Shared {
             settings: ArcSwap::from_pointee(Settings::new(config.clone(), policy)),
@@ -111,6 +112,7 @@ impl ForwardProxy {
             requests: RequestCounters::new(),
             own,
             tls: ArcSwap::new(upstream_tls.clone()),
+            gateway: Default::default(),
         });
         let places = Some(shared.connections.clone());
         Ok(Self {
@@ -234,7 +236,16 @@ impl Control {
         Env {
             own: self.shared.own.clone(),
             tls: self.shared.tls.load_full(),
+            gateway: self.shared.gateway.get().cloned(),
+            agent_groups: Vec::new(),
         }
+    }
+
+    /// Makes this proxy the tunnel's gateway: agents' carriers and published
+    /// services are served once the settings ask for their listeners, and
+    /// agent groups can be outbounds. Set once, before settings that use it.
+    pub fn serve_tunnel(&self, gateway: Arc<ferryman_tunnel::Gateway>) {
+        let _ = self.shared.gateway.set(gateway);
     }
 
     /// The settings in force.
@@ -246,6 +257,16 @@ impl Control {
     pub fn local_addr(&self) -> SocketAddr {
         self.address_of(Serves::HttpProxy)
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The address of the `inbound` listener (`socks5`, `tunnel`, a
+    /// `published service`: the first), if there is one.
+    pub fn listener(&self, inbound: &str) -> Option<SocketAddr> {
+        let sockets = self.sockets.borrow();
+        sockets
+            .iter()
+            .find(|s| s.serves.to_string() == inbound)
+            .map(|s| s.addr)
     }
 
     fn address_of(&self, serves: Serves) -> Option<SocketAddr> {
@@ -358,28 +379,22 @@ impl Control {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let connection = Connection {
-                        stream,
-                        peer,
-                        serves: listening.serves,
-                    };
+                    let came = (peer, listening.serves, listening.wanted);
                     let assigned = Assigned::least_loaded(&workers, me);
                     if Arc::ptr_eq(assigned.worker(), &workers[me]) {
                         tasks.spawn(serve_assigned(
-                            Accepted::Here(connection.stream),
-                            connection.peer,
-                            connection.serves,
+                            Accepted::Here(stream),
+                            came,
                             assigned,
                             permit,
                         ));
                     } else {
-                        match connection.stream.into_std() {
+                        match stream.into_std() {
                             Ok(stream) => {
                                 let runtime = assigned.worker().runtime.clone();
                                 let serving = serve_assigned(
                                     Accepted::HandedOver(stream),
-                                    connection.peer,
-                                    connection.serves,
+                                    came,
                                     assigned,
                                     permit,
                                 );
@@ -444,17 +459,11 @@ enum Accepted {
     HandedOver(std::net::TcpStream),
 }
 
-/// A connection just accepted, and what it came in for.
-struct Connection {
-    stream: TcpStream,
-    peer: SocketAddr,
-    serves: Serves,
-}
-
+/// Serves a connection from `peer` that came in for `serves` at the
+/// listening address configured as `at`.
 async fn serve_assigned(
     accepted: Accepted,
-    peer: SocketAddr,
-    serves: Serves,
+    (peer, serves, at): (SocketAddr, Serves, SocketAddr),
     assigned: Assigned,
     permit: Permit,
 ) {
@@ -473,6 +482,15 @@ async fn serve_assigned(
     let worker = assigned.worker().worker.clone();
     match serves {
         Serves::HttpProxy => serve(stream, peer, worker, place).await,
+        Serves::Socks5 => socks5::serve(stream, peer, worker, place).await,
+        Serves::Service => service::serve(stream, peer, at, worker, place).await,
+        Serves::Carriers => {
+            if let Some(gateway) = worker.shared.gateway.get() {
+                let stopping = worker.shared.stopping.clone();
+                gateway.serve_carrier(stream, peer, stopping).await;
+            }
+            drop(place);
+        }
     }
     drop(assigned);
 }
@@ -483,7 +501,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, worker: Arc<Worker>, place: 
         return;
     };
     let settings = worker.shared.settings.load_full();
-    let connection = worker.shared.sessions.connection(peer);
+    let connection = worker
+        .shared
+        .sessions
+        .connection(Kind::Http, peer, String::new());
     let stream = Counted::new(stream, connection.clone());
     let limits = settings.proxy.clone();
     let route = ProxyRoute {

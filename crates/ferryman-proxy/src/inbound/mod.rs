@@ -7,6 +7,8 @@ pub(crate) mod auth;
 pub(crate) mod http_proxy;
 pub(crate) mod listener;
 mod routing;
+mod service;
 pub(crate) mod sockets;
+mod socks5;
 mod tunnels;
 mod workers;

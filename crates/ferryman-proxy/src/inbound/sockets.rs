@@ -14,12 +14,22 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) enum Serves {
     /// The HTTP proxy (`proxy.listen`).
     HttpProxy,
+    /// SOCKS5 (`socks5.listen`).
+    Socks5,
+    /// Agents' carriers (`tunnel.listen`).
+    Carriers,
+    /// A published service (`tunnel.services[].listen`; which one, its
+    /// address says).
+    Service,
 }
 
 impl std::fmt::Display for Serves {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Serves::HttpProxy => "http proxy",
+            Serves::Socks5 => "socks5",
+            Serves::Carriers => "tunnel",
+            Serves::Service => "published service",
         })
     }
 }

@@ -32,6 +32,10 @@ pub enum OutboundKind {
     /// `members`, tried in order: the next one when a connection through
     /// the previous one cannot be made (Clash's `fallback`).
     Group,
+    /// Through the tunnel's agents: any agent of `group` (the least busy,
+    /// the next if one cannot carry the stream), or the one `agent`. Each
+    /// group agents may join is also an outbound of its own name.
+    Agents,
 }
 
 /// One `[[outbounds]]` entry; which keys apply depends on `kind`.
@@ -62,6 +66,10 @@ pub struct OutboundConfig {
     pub body: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
 }
 
 impl OutboundConfig {
@@ -94,7 +102,7 @@ impl OutboundConfig {
             ));
         }
         let kind = self.kind;
-        let given: [(&str, bool, &[OutboundKind]); 9] = [
+        let given: [(&str, bool, &[OutboundKind]); 11] = [
             ("url", self.url.is_some(), &[Http, Socks5]),
             ("absolute_form", self.absolute_form.is_some(), &[Http]),
             ("bind", self.bind.is_some(), &[Direct]),
@@ -104,6 +112,8 @@ impl OutboundConfig {
             ("headers", !self.headers.is_empty(), &[Answer]),
             ("body", self.body.is_some(), &[Answer]),
             ("members", !self.members.is_empty(), &[Group]),
+            ("group", self.group.is_some(), &[Agents]),
+            ("agent", self.agent.is_some(), &[Agents]),
         ];
         for (field, present, kinds) in given {
             if present && !kinds.contains(&kind) {
@@ -128,6 +138,10 @@ impl OutboundConfig {
             Group if self.members.is_empty() => errors.push(Invalid::new(
                 format!("{key}.members"),
                 "a group needs at least one member",
+            )),
+            Agents if self.group.is_some() == self.agent.is_some() => errors.push(Invalid::new(
+                format!("{key}.group"),
+                "kind agents needs either group or agent",
             )),
             _ => {}
         }
@@ -166,6 +180,7 @@ fn kind_name(kind: OutboundKind) -> &'static str {
         OutboundKind::Reject => "reject",
         OutboundKind::Answer => "answer",
         OutboundKind::Group => "group",
+        OutboundKind::Agents => "agents",
     }
 }
 

@@ -5,6 +5,7 @@
 //! session takes is the policy's decision; what is carried over the stream
 //! is the exchange's.
 
+mod agents;
 pub(crate) mod config;
 pub(crate) mod direct;
 mod group;
@@ -22,13 +23,17 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use config::ProxyUrl;
 pub use config::{OutboundConfig, OutboundKind};
 use ferryman_http::dial::{OwnAddrs, Source};
+use ferryman_tunnel::{Gateway, Via};
 
 /// What connectors need from the process around them: its own listening
-/// addresses (the loop guard) and how to check a TLS proxy's certificate.
+/// addresses (the loop guard), how to check a TLS proxy's certificate, and
+/// the tunnel's gateway with the groups its agents may join.
 #[derive(Clone)]
 pub struct Env {
     pub(crate) own: OwnAddrs,
     pub(crate) tls: Arc<rustls::ClientConfig>,
+    pub(crate) gateway: Option<Arc<Gateway>>,
+    pub(crate) agent_groups: Vec<String>,
 }
 
 impl Env {
@@ -37,12 +42,44 @@ impl Env {
         Self { tls, ..self }
     }
 
+    /// The same, with these agent groups (each an outbound of its name).
+    pub fn with_agent_groups(self, groups: Vec<String>) -> Self {
+        Self {
+            agent_groups: groups,
+            ..self
+        }
+    }
+
     /// For checking a configuration or explaining a decision without
-    /// carrying traffic: no listener is known as a loop.
+    /// carrying traffic: no listener is known as a loop, and agent groups
+    /// are outbounds that carry nothing.
     pub fn detached(tls: Arc<rustls::ClientConfig>) -> Self {
         Self {
             own: OwnAddrs::default(),
             tls,
+            gateway: None,
+            agent_groups: Vec::new(),
+        }
+    }
+}
+
+/// How a tunnel agent reaches its gateway: straight, or through the HTTP
+/// proxy `via` (`http://[user:password@]host:port`, CONNECT; `https://`
+/// for TLS to the proxy), checked with `tls` when it is reached over TLS.
+pub fn egress(via: Option<&str>, tls: &Arc<rustls::ClientConfig>) -> Result<Connector, String> {
+    let own = OwnAddrs::default();
+    match via {
+        None => Ok(Arc::new(direct::Direct::new(
+            "direct",
+            Source::default(),
+            own,
+        ))),
+        Some(url) => {
+            let url =
+                ProxyUrl::parse(url, &["http", "https"]).map_err(|e| format!("--via: {e}"))?;
+            Ok(Arc::new(http_proxy::HttpProxy::new(
+                "via", url, false, tls, own,
+            )))
         }
     }
 }
@@ -53,6 +90,17 @@ pub struct Outbound {
     /// The configured kind, for people: `direct`, `http`, `group`...
     pub(crate) kind: &'static str,
     pub(crate) way: Way,
+    /// How it carries datagrams (SOCKS5 UDP), if it can.
+    pub(crate) datagrams: Option<Datagrams>,
+}
+
+/// Ways out that carry UDP.
+#[derive(Clone)]
+pub(crate) enum Datagrams {
+    /// From a socket of this machine's.
+    Direct,
+    /// On a stream through the tunnel's agents.
+    Agents(Arc<Gateway>, Via),
 }
 
 impl Outbound {
@@ -110,24 +158,47 @@ impl Outbounds {
         }
         for builtin in ["direct", "reject"] {
             if !seen.contains_key(builtin) {
-                let way = match builtin {
-                    "direct" => Way::Connect(Arc::new(direct::Direct::new(
-                        builtin,
-                        Source::default(),
-                        env.own.clone(),
-                    ))),
-                    _ => Way::Refuse(Refusal {
-                        status: StatusCode::FORBIDDEN,
-                        message: None,
-                    }),
+                let (way, datagrams) = match builtin {
+                    "direct" => (
+                        Way::Connect(Arc::new(direct::Direct::new(
+                            builtin,
+                            Source::default(),
+                            env.own.clone(),
+                        ))),
+                        Some(Datagrams::Direct),
+                    ),
+                    _ => (
+                        Way::Refuse(Refusal {
+                            status: StatusCode::FORBIDDEN,
+                            message: None,
+                        }),
+                        None,
+                    ),
                 };
-                built.add(builtin, builtin, way);
+                built.add(builtin, builtin, way, datagrams);
+            }
+        }
+        for group in &env.agent_groups {
+            if !seen.contains_key(group.as_str()) && built.get(group).is_none() {
+                let via = Via::Group(group.clone());
+                let (way, datagrams) = agents(group, via, env);
+                built.add(group, "agents", way, datagrams);
             }
         }
         let mut groups = Vec::new();
         for (i, config) in configs.iter().enumerate() {
+            let no_tunnel = env.gateway.is_none() && env.agent_groups.is_empty();
+            if config.kind == OutboundKind::Agents && no_tunnel {
+                errors.push(Invalid::new(
+                    format!("outbounds[{i}].kind"),
+                    "kind agents needs a [tunnel] section with agents: this ferryman is no gateway",
+                ));
+                continue;
+            }
             match way(config, env) {
-                Some(way) => built.add(config.name(), config.kind.name(), way),
+                Some((way, datagrams)) => {
+                    built.add(config.name(), config.kind.name(), way, datagrams)
+                }
                 None if config.kind == OutboundKind::Group => groups.push(i),
                 None => {}
             }
@@ -144,7 +215,7 @@ impl Outbounds {
                 if ready {
                     let connectors = built.members(i, members, errors);
                     let group = Arc::new(group::Group::new(name, connectors));
-                    built.add(name, "group", Way::Connect(group));
+                    built.add(name, "group", Way::Connect(group), None);
                 }
                 !ready
             });
@@ -172,10 +243,15 @@ impl Outbounds {
         built
     }
 
-    fn add(&mut self, name: &str, kind: &'static str, way: Way) {
+    fn add(&mut self, name: &str, kind: &'static str, way: Way, datagrams: Option<Datagrams>) {
         let name: Arc<str> = name.into();
         self.by_name.insert(name.clone(), self.list.len());
-        self.list.push(Arc::new(Outbound { name, kind, way }));
+        self.list.push(Arc::new(Outbound {
+            name,
+            kind,
+            way,
+            datagrams,
+        }));
     }
 
     /// The connectors of group `i`'s members; a member that refuses or
@@ -210,9 +286,31 @@ impl Outbounds {
     }
 }
 
-/// The way out an entry describes; None for a group, which needs the
-/// others, or an entry `validate` refused.
-fn way(config: &OutboundConfig, env: &Env) -> Option<Way> {
+/// Through agents: a connector when the gateway runs; when only checking
+/// a configuration, one that refuses.
+fn agents(name: &str, via: Via, env: &Env) -> (Way, Option<Datagrams>) {
+    match &env.gateway {
+        Some(gateway) => (
+            Way::Connect(Arc::new(agents::Agents::new(
+                name,
+                via.clone(),
+                gateway.clone(),
+            ))),
+            Some(Datagrams::Agents(gateway.clone(), via)),
+        ),
+        None => (
+            Way::Refuse(Refusal {
+                status: StatusCode::BAD_GATEWAY,
+                message: Some("the tunnel's gateway is not running".into()),
+            }),
+            None,
+        ),
+    }
+}
+
+/// The way out an entry describes, and how it carries datagrams; None for
+/// a group, which needs the others, or an entry `validate` refused.
+fn way(config: &OutboundConfig, env: &Env) -> Option<(Way, Option<Datagrams>)> {
     let name = config.name();
     let connector: Connector = match config.kind {
         OutboundKind::Direct => {
@@ -220,7 +318,8 @@ fn way(config: &OutboundConfig, env: &Env) -> Option<Way> {
                 bind: config.bind,
                 interface: config.interface.clone(),
             };
-            Arc::new(direct::Direct::new(name, source, env.own.clone()))
+            let direct = direct::Direct::new(name, source, env.own.clone());
+            return Some((Way::Connect(Arc::new(direct)), Some(Datagrams::Direct)));
         }
         OutboundKind::Http => {
             let url = ProxyUrl::parse(config.url.as_deref()?, config.schemes()).ok()?;
@@ -240,10 +339,13 @@ fn way(config: &OutboundConfig, env: &Env) -> Option<Way> {
         }
         OutboundKind::Reject => {
             let status = config.status.and_then(|s| StatusCode::from_u16(s).ok());
-            return Some(Way::Refuse(Refusal {
-                status: status.unwrap_or(StatusCode::FORBIDDEN),
-                message: config.message.as_deref().map(Arc::from),
-            }));
+            return Some((
+                Way::Refuse(Refusal {
+                    status: status.unwrap_or(StatusCode::FORBIDDEN),
+                    message: config.message.as_deref().map(Arc::from),
+                }),
+                None,
+            ));
         }
         OutboundKind::Answer => {
             let mut headers = HeaderMap::new();
@@ -256,15 +358,26 @@ fn way(config: &OutboundConfig, env: &Env) -> Option<Way> {
                 }
             }
             let status = config.status.and_then(|s| StatusCode::from_u16(s).ok());
-            return Some(Way::Answer(Answer {
-                status: status.unwrap_or(StatusCode::OK),
-                headers,
-                body: Bytes::from(config.body.clone().unwrap_or_default()),
-            }));
+            return Some((
+                Way::Answer(Answer {
+                    status: status.unwrap_or(StatusCode::OK),
+                    headers,
+                    body: Bytes::from(config.body.clone().unwrap_or_default()),
+                }),
+                None,
+            ));
+        }
+        OutboundKind::Agents => {
+            let via = match (&config.group, &config.agent) {
+                (_, Some(agent)) => Via::Agent(agent.clone()),
+                (Some(group), None) => Via::Group(group.clone()),
+                (None, None) => return None,
+            };
+            return Some(agents(name, via, env));
         }
         OutboundKind::Group => return None,
     };
-    Some(Way::Connect(connector))
+    Some((Way::Connect(connector), None))
 }
 
 #[cfg(test)]

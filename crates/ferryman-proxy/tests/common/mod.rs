@@ -268,3 +268,52 @@ where
         .expect("answer read");
     answer
 }
+
+/// A proxy that also listens for SOCKS5, intercepting as `rules` (TOML:
+/// `[[outbounds]]`, `[[rules]]`) say, trusting `ca_files` upstream, its
+/// CA in the returned directory; returns the SOCKS5 listener's address.
+pub async fn socks_proxy(
+    tweak: impl FnOnce(&mut ProxyConfig),
+    rules: &str,
+    ca_files: &[std::path::PathBuf],
+) -> (RunningProxy, SocketAddr, tempfile::TempDir) {
+    #[derive(serde::Deserialize)]
+    struct Policy {
+        #[serde(default)]
+        outbounds: Vec<ferryman_proxy::OutboundConfig>,
+        #[serde(default)]
+        rules: Vec<ferryman_proxy::RuleConfig>,
+    }
+    let parsed: Policy = toml::from_str(rules).expect("valid rules");
+    let mut config = local_proxy_config();
+    tweak(&mut config);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = ferryman_tls::CertificateAuthority::open(dir.path(), None, 100).expect("CA");
+    let interception = ferryman_proxy::Interception::new(std::sync::Arc::new(ca));
+    let tls = ferryman_tls::client_config(ca_files, false).expect("upstream TLS config");
+    let proxy = ForwardProxy::bind(
+        config.clone(),
+        UpstreamConfig::default(),
+        tls,
+        Some(interception),
+        observers(),
+    )
+    .expect("bind proxy");
+    let spec = ferryman_proxy::PolicySpec {
+        outbounds: &parsed.outbounds,
+        rules: &parsed.rules,
+        intercept: &InterceptConfig::default(),
+        base: std::path::Path::new("."),
+    };
+    let control = proxy.control();
+    let policy = ferryman_proxy::Policy::compile(spec, &control.env()).expect("valid rules");
+    let socks5 = ferryman_proxy::Socks5Config {
+        listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..Default::default()
+    };
+    control
+        .apply(ferryman_proxy::Settings::new(config, policy).with_socks5(socks5))
+        .expect("settings applied");
+    let socks = control.listener("socks5").expect("a SOCKS5 listener");
+    (proxy.start(Duration::from_secs(5)), socks, dir)
+}

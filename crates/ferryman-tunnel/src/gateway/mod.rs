@@ -67,11 +67,12 @@ fn rules(config: &TunnelConfig) -> Rules {
 impl Gateway {
     /// A gateway whose certificate `ca` issues, unless `config` names one.
     pub fn new(config: &TunnelConfig, ca: Arc<CertificateAuthority>) -> Result<Self, String> {
+        let Prepared { identity, rules } = Self::prepare(config, ca)?;
         Ok(Self {
             registry: Arc::default(),
             refused: Default::default(),
-            identity: ArcSwap::from_pointee(identity(config, ca)?),
-            rules: ArcSwap::from_pointee(rules(config)),
+            identity: ArcSwap::from_pointee(identity),
+            rules: ArcSwap::from_pointee(rules),
         })
     }
 
@@ -85,16 +86,23 @@ impl Gateway {
         self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// New rules for the carriers that connect from now on; connected
-    /// agents whose token is gone, or no longer lets them into their
-    /// group, are disconnected.
-    pub fn reload(
-        &self,
+    /// Reads what a new configuration needs (its certificate files), so
+    /// that a bad one is refused before anything changes.
+    pub fn prepare(
         config: &TunnelConfig,
         ca: Arc<CertificateAuthority>,
-    ) -> Result<(), String> {
-        let identity = identity(config, ca)?;
-        let rules = rules(config);
+    ) -> Result<Prepared, String> {
+        Ok(Prepared {
+            identity: identity(config, ca)?,
+            rules: rules(config),
+        })
+    }
+
+    /// Puts a prepared configuration in force for the carriers that connect
+    /// from now on; connected agents whose token is gone, or no longer lets
+    /// them into their group, are disconnected.
+    pub fn apply(&self, prepared: Prepared) {
+        let Prepared { identity, rules } = prepared;
         self.registry.close_unless(|agent| {
             rules.tokens.iter().any(|(token, groups)| {
                 *token == agent.token && groups.iter().any(|g| **g == *agent.group)
@@ -102,8 +110,13 @@ impl Gateway {
         });
         self.identity.store(Arc::new(identity));
         self.rules.store(Arc::new(rules));
-        Ok(())
     }
+}
+
+/// A gateway configuration read and checked, not yet in force.
+pub struct Prepared {
+    identity: Identity,
+    rules: Rules,
 }
 
 fn identity(config: &TunnelConfig, ca: Arc<CertificateAuthority>) -> Result<Identity, String> {

@@ -53,6 +53,22 @@ pub struct Running {
     pub logs: Logs,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// Every other listener, by inbound (`socks5`, `tunnel`, ...).
+    pub listening: std::collections::HashMap<String, SocketAddr>,
+}
+
+impl Running {
+    /// The address of the `inbound` listener (`socks5`, `tunnel`).
+    pub fn listener(&self, inbound: &str) -> SocketAddr {
+        *self
+            .listening
+            .get(inbound)
+            .unwrap_or_else(|| panic!("no {inbound} listener in {:?}", self.listening))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
 }
 
 /// Runs ferryman on `data` with JSON logs, both listeners on ephemeral
@@ -84,9 +100,10 @@ pub async fn start_with(program: &str, before: &[&str], data: &Path, extra: &[&s
         .unwrap();
     let mut logs = logs_of(&mut child);
     let (mut proxy, mut admin) = (None, None);
+    let mut others = std::collections::HashMap::new();
     while proxy.is_none() || admin.is_none() {
         let listening = logs
-            .until("listening", |r| message(r).ends_with(" listening"))
+            .until("listening", |r| message(r).ends_with("listening"))
             .await;
         let addr: SocketAddr = listening["fields"]["listen"]
             .as_str()
@@ -96,7 +113,11 @@ pub async fn start_with(program: &str, before: &[&str], data: &Path, extra: &[&s
         match message(&listening) {
             "forward proxy listening" => proxy = Some(addr),
             "admin listening" => admin = Some(addr),
-            _ => {}
+            _ => {
+                if let Some(inbound) = listening["fields"]["inbound"].as_str() {
+                    others.insert(inbound.to_string(), addr);
+                }
+            }
         }
     }
     Running {
@@ -104,6 +125,7 @@ pub async fn start_with(program: &str, before: &[&str], data: &Path, extra: &[&s
         logs,
         proxy: proxy.unwrap(),
         admin: admin.unwrap(),
+        listening: others,
     }
 }
 
