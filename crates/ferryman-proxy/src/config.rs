@@ -185,7 +185,7 @@ impl Socks5Config {
                     ),
                 ));
             }
-            if listen == proxy.listen {
+            if listen == proxy.listen && listen.port() != 0 {
                 errors.push(Invalid::new("socks5.listen", "is proxy.listen already"));
             }
         }

@@ -171,7 +171,8 @@ pub(crate) async fn relay_upgraded(
 
 /// Relays `early` (bytes already read from the client and counted) and
 /// then everything else, counting it, until both directions are done or
-/// nothing moves for `idle`.
+/// nothing moves for `idle`. A tunnel that breaks resets the client's
+/// connection: a raw TCP client must not take a broken tunnel for an end.
 pub(crate) async fn relay_bytes(
     socket: TcpStream,
     mut upstream: Conn,
@@ -179,13 +180,20 @@ pub(crate) async fn relay_bytes(
     session: &Arc<SessionGuard>,
     idle: Duration,
 ) -> std::io::Result<()> {
-    upstream.write_all(early).await?;
+    if let Err(e) = upstream.write_all(early).await {
+        reset(&socket);
+        return Err(e);
+    }
     let activity = Activity::new();
     match upstream {
         #[cfg(target_os = "linux")]
         Conn::Tcp(upstream) => {
             let relay = super::splice::relay(&socket, &upstream, session, &activity);
-            activity.bounded(idle, relay).await
+            let relayed = activity.bounded(idle, relay).await;
+            if relayed.is_err() {
+                reset(&socket);
+            }
+            relayed
         }
         mut upstream => {
             let meter = TunnelMeter {
@@ -193,11 +201,20 @@ pub(crate) async fn relay_bytes(
                 activity: activity.clone(),
             };
             let mut client = Counted::new(socket, meter);
-            activity
+            let relayed = activity
                 .bounded(idle, pump(&mut client, &mut upstream))
-                .await
+                .await;
+            if relayed.is_err() {
+                reset(&client.into_inner());
+            }
+            relayed
         }
     }
+}
+
+/// Closing `socket` from now on sends a reset, not an end.
+pub(crate) fn reset(socket: &TcpStream) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
 }
 
 /// How a plain tunnel ended.

@@ -78,7 +78,7 @@ pub(crate) async fn serve(
             witness.fail(&e);
             witness.answered(StatusCode::BAD_GATEWAY);
             // The client learns it failed: a reset, not an empty answer.
-            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+            tunnel::reset(&stream);
         }
     }
 }

@@ -80,7 +80,19 @@ pub async fn start(data: &Path, extra: &[&str]) -> Running {
 /// [`start`], through `program` with `before` (ferryman's path among them),
 /// such as `prlimit --nofile=256:256 BIN`.
 pub async fn start_with(program: &str, before: &[&str], data: &Path, extra: &[&str]) -> Running {
+    start_env(program, before, data, extra, &[]).await
+}
+
+/// [`start_with`], with `envs` in ferryman's environment.
+pub async fn start_env(
+    program: &str,
+    before: &[&str],
+    data: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Running {
     let mut child = Command::new(program)
+        .envs(envs.iter().copied())
         .args(before)
         .args([
             "run",
