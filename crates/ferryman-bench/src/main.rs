@@ -1,6 +1,6 @@
-//! A load client for bench/: HTTPS over keep-alive connections, either
-//! direct or through an HTTP proxy with CONNECT (which no packaged load
-//! tool does). Prints one line of `key=value` figures.
+//! A load client for bench/: HTTP or HTTPS over keep-alive connections,
+//! direct, through an HTTP proxy with CONNECT or through SOCKS5 (which no
+//! packaged load tool does). Prints one line of `key=value` figures.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,25 +13,40 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Parser)]
 struct Cli {
-    /// The HTTPS server, as host:port with an IP.
+    /// The server, as host:port with an IP.
     #[arg(long)]
     target: SocketAddr,
-    /// PEM file of the CA to trust (the server's, or the proxy's when intercepting).
+    /// Speak HTTPS, trusting this CA (PEM: the server's, or the proxy's
+    /// when intercepting); plain HTTP without it.
     #[arg(long)]
-    ca: std::path::PathBuf,
-    /// Go through this HTTP proxy with CONNECT.
-    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// Go through this HTTP proxy with CONNECT...
+    #[arg(long, conflicts_with = "socks5")]
     proxy: Option<SocketAddr>,
+    /// ...or through this SOCKS5 proxy (no authentication).
+    #[arg(long)]
+    socks5: Option<SocketAddr>,
     #[command(subcommand)]
     mode: Mode,
 }
+
+/// How connections reach the target.
+#[derive(Clone, Copy)]
+enum Via {
+    Direct,
+    Connect(SocketAddr),
+    Socks5(SocketAddr),
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 #[derive(Subcommand)]
 enum Mode {
@@ -55,13 +70,28 @@ enum Mode {
         #[arg(long, default_value = "/1g")]
         path: String,
     },
+    /// Opens this many connections, one request on each, and keeps them
+    /// open for `seconds` (memory per connection, elsewhere).
+    Hold {
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        #[arg(long, default_value = "/1k")]
+        path: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let cli = Cli::parse();
-    let tls = connector(&cli.ca)?;
+    let tls = cli.ca.as_deref().map(connector).transpose()?;
     let ip = cli.target.ip().to_string();
+    let via = match (cli.proxy, cli.socks5) {
+        (Some(proxy), _) => Via::Connect(proxy),
+        (None, Some(socks)) => Via::Socks5(socks),
+        (None, None) => Via::Direct,
+    };
     match cli.mode {
         Mode::Rps {
             path,
@@ -72,9 +102,9 @@ async fn main() -> Result<(), BoxError> {
             let mut tasks = Vec::new();
             for _ in 0..connections {
                 let (tls, path, ip) = (tls.clone(), path.clone(), ip.clone());
-                let (target, proxy) = (cli.target, cli.proxy);
+                let target = cli.target;
                 tasks.push(tokio::spawn(async move {
-                    let stream = open(target, proxy, &tls, &ip).await?;
+                    let stream = open(target, via, tls.as_ref(), &ip).await?;
                     requests(stream, &ip, &path, until).await
                 }));
             }
@@ -97,7 +127,7 @@ async fn main() -> Result<(), BoxError> {
             for n in 0..count {
                 let name = format!("h{n}-{run}.bench.test");
                 let start = Instant::now();
-                let stream = open(cli.target, cli.proxy, &tls, &name).await?;
+                let stream = open(cli.target, via, tls.as_ref(), &name).await?;
                 times.push(start.elapsed());
                 drop(stream);
             }
@@ -108,8 +138,34 @@ async fn main() -> Result<(), BoxError> {
                 percentile(&times, 0.99)
             );
         }
+        Mode::Hold {
+            count,
+            path,
+            seconds,
+        } => {
+            let mut held = Vec::with_capacity(count);
+            for _ in 0..count {
+                let stream = open(cli.target, via, tls.as_ref(), &ip).await?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                let conn = tokio::spawn(conn);
+                let req = http::Request::get(&path)
+                    .header(http::header::HOST, &ip)
+                    .body(Empty::<bytes::Bytes>::new())?;
+                sender
+                    .send_request(req)
+                    .await?
+                    .into_body()
+                    .collect()
+                    .await?;
+                held.push((sender, conn));
+            }
+            println!("held={count}");
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            drop(held);
+        }
         Mode::Bulk { path } => {
-            let stream = open(cli.target, cli.proxy, &tls, &ip).await?;
+            let stream = open(cli.target, via, tls.as_ref(), &ip).await?;
             let start = Instant::now();
             let bytes = download(stream, &ip, &path).await?;
             let secs = start.elapsed().as_secs_f64();
@@ -136,34 +192,78 @@ fn connector(ca: &std::path::Path) -> Result<TlsConnector, BoxError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// A TLS connection to `target`, through `proxy` with CONNECT if given.
+/// A connection to `target` as `via` says, in TLS when `tls` is given.
 async fn open(
     target: SocketAddr,
-    proxy: Option<SocketAddr>,
-    tls: &TlsConnector,
+    via: Via,
+    tls: Option<&TlsConnector>,
     server_name: &str,
-) -> Result<TlsStream<TcpStream>, BoxError> {
-    let mut tcp = TcpStream::connect(proxy.unwrap_or(target)).await?;
+) -> Result<Box<dyn Stream>, BoxError> {
+    let hop = match via {
+        Via::Direct => target,
+        Via::Connect(proxy) | Via::Socks5(proxy) => proxy,
+    };
+    let mut tcp = TcpStream::connect(hop).await?;
     tcp.set_nodelay(true)?;
-    if proxy.is_some() {
-        tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-            .await?;
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            tcp.read_exact(&mut byte).await?;
-            head.push(byte[0]);
+    match via {
+        Via::Direct => {}
+        Via::Connect(_) => {
+            let ask = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+            tcp.write_all(ask.as_bytes()).await?;
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                tcp.read_exact(&mut byte).await?;
+                head.push(byte[0]);
+            }
+            if !head.starts_with(b"HTTP/1.1 200") {
+                return Err(format!("CONNECT refused: {}", String::from_utf8_lossy(&head)).into());
+            }
         }
-        if !head.starts_with(b"HTTP/1.1 200") {
-            return Err(format!("CONNECT refused: {}", String::from_utf8_lossy(&head)).into());
+        Via::Socks5(_) => socks5(&mut tcp, target).await?,
+    }
+    match tls {
+        Some(tls) => {
+            let name = ServerName::try_from(server_name.to_string())?;
+            Ok(Box::new(tls.connect(name, tcp).await?))
+        }
+        None => Ok(Box::new(tcp)),
+    }
+}
+
+/// RFC 1928 without authentication: CONNECT to `target`.
+async fn socks5(tcp: &mut TcpStream, target: SocketAddr) -> Result<(), BoxError> {
+    tcp.write_all(&[5, 1, 0]).await?;
+    let mut method = [0u8; 2];
+    tcp.read_exact(&mut method).await?;
+    if method != [5, 0] {
+        return Err("the SOCKS5 proxy wants authentication".into());
+    }
+    let mut ask = vec![5, 1, 0];
+    match target {
+        SocketAddr::V4(a) => {
+            ask.push(1);
+            ask.extend_from_slice(&a.ip().octets());
+        }
+        SocketAddr::V6(a) => {
+            ask.push(4);
+            ask.extend_from_slice(&a.ip().octets());
         }
     }
-    let name = ServerName::try_from(server_name.to_string())?;
-    Ok(tls.connect(name, tcp).await?)
+    ask.extend_from_slice(&target.port().to_be_bytes());
+    tcp.write_all(&ask).await?;
+    let mut reply = [0u8; 4];
+    tcp.read_exact(&mut reply).await?;
+    if reply[1] != 0 {
+        return Err(format!("SOCKS5 CONNECT refused with code {}", reply[1]).into());
+    }
+    let mut rest = vec![0u8; if reply[3] == 4 { 16 + 2 } else { 4 + 2 }];
+    tcp.read_exact(&mut rest).await?;
+    Ok(())
 }
 
 async fn requests(
-    stream: TlsStream<TcpStream>,
+    stream: Box<dyn Stream>,
     host: &str,
     path: &str,
     until: Instant,
@@ -184,7 +284,7 @@ async fn requests(
     Ok(latencies)
 }
 
-async fn download(stream: TlsStream<TcpStream>, host: &str, path: &str) -> Result<u64, BoxError> {
+async fn download(stream: Box<dyn Stream>, host: &str, path: &str) -> Result<u64, BoxError> {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = http::Request::get(path)
