@@ -122,6 +122,11 @@ wrk_run() {
 bench_rps() { "$bench" --target "$origin" "$@" rps --connections 32 --seconds "$DURATION" |
   awk '{for (i=1;i<=NF;i++) {split($i,kv,"="); f[kv[1]]=kv[2]} print f["rps"], f["p99_ms"] "ms"}'; }
 
+# Warm up: the 1 GiB file into the page cache, every path once.
+bulk "http://$origin/1g" > /dev/null
+bulk "http://127.0.0.1:$rh_service/1g" > /dev/null
+bulk "http://127.0.0.1:$fm_service/1g" > /dev/null
+
 declare -A bulk_res rps_res p99_res
 kinds_bulk="direct rathole ferryman_service microsocks dante ferryman_socks5 ferryman_connect"
 for round in $(seq "$ROUNDS"); do

@@ -75,10 +75,7 @@ pub fn run(file: Option<&Path>, args: &AgentArgs, log_format: Option<LogFormat>)
         log_format.unwrap_or(LogFormat::Text),
         &ferryman_admin::LogFeed::default(),
     );
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("ferryman-agent")
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
