@@ -9,9 +9,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 /// The most asked of the peer's window at once; a write of more is split.
 const MAX_WRITE: usize = 256 * 1024;
@@ -35,10 +36,20 @@ impl H2Stream {
         }
     }
 
-    /// Resets the stream, telling the other end why.
-    pub fn reset(&mut self, reason: Reason) {
-        self.send.send_reset(reason);
+    /// Relays the stream with a TCP connection (see [`relay_tcp`]); what
+    /// was already read from it goes to the socket first.
+    pub(crate) async fn relay_tcp(
+        self,
+        mut tcp: TcpStream,
+        count: &(dyn Fn(u64, u64) + Sync),
+    ) -> io::Result<()> {
+        if !self.reading.is_empty() {
+            tcp.write_all(&self.reading).await?;
+            count(0, self.reading.len() as u64);
+        }
+        relay_tcp(self.send, self.recv, tcp, count).await
     }
+
 }
 
 /// What the other end reads when a stream or its carrier fails.
@@ -123,4 +134,56 @@ impl AsyncWrite for H2Stream {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// Relays a stream and a TCP connection both ways, with half-close, until
+/// both directions end. Bytes read from the socket go to h2 as they are
+/// and h2's frames go to the socket as they come: nothing passes through
+/// a buffer of its own. `count` hears of bytes from the socket (first)
+/// and to it. On failure the stream is reset and the socket closed with a
+/// reset, so neither end takes it for an end.
+pub(crate) async fn relay_tcp(
+    mut send: SendStream<Bytes>,
+    mut recv: RecvStream,
+    tcp: TcpStream,
+    count: &(dyn Fn(u64, u64) + Sync),
+) -> io::Result<()> {
+    let (mut from_socket, mut to_socket) = tcp.into_split();
+    let up = async {
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(MAX_WRITE);
+            if from_socket.read_buf(&mut buf).await? == 0 {
+                return send.send_data(Bytes::new(), true).map_err(io_error);
+            }
+            let mut data = buf.split().freeze();
+            count(data.len() as u64, 0);
+            while !data.is_empty() {
+                send.reserve_capacity(data.len());
+                let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                    .await
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the stream was closed"))?
+                    .map_err(io_error)?;
+                let n = granted.min(data.len());
+                send.send_data(data.split_to(n), false).map_err(io_error)?;
+            }
+        }
+    };
+    let down = async {
+        while let Some(data) = recv.data().await {
+            let data = data.map_err(io_error)?;
+            to_socket.write_all(&data).await?;
+            count(0, data.len() as u64);
+            let _ = recv.flow_control().release_capacity(data.len());
+        }
+        to_socket.shutdown().await
+    };
+    let relayed = tokio::try_join!(up, down).map(|_| ());
+    if relayed.is_err() {
+        send.send_reset(Reason::CANCEL);
+        if let Ok(tcp) = from_socket.reunite(to_socket) {
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+    relayed
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ferryman_http::body;
 use ferryman_http::upstream::Conn;
 use ferryman_http::{ProxyBody, Target, UpstreamError};
+use ferryman_tunnel::AgentStream;
 use http::header::{HeaderValue, CONNECTION};
 use http::Response;
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -194,6 +195,20 @@ pub(crate) async fn relay_bytes(
                 reset(&socket);
             }
             relayed
+        }
+        Conn::Other(io) if (&*io as &dyn std::any::Any).is::<AgentStream>() => {
+            let any: Box<dyn std::any::Any> = io;
+            let Ok(through) = any.downcast::<AgentStream>() else {
+                return Err(std::io::Error::other("not an agent's stream"));
+            };
+            // An agent's stream moves h2's frames to the socket as they
+            // are: no buffer of the relay's own in between.
+            let count = |up: u64, down: u64| {
+                activity.touch();
+                session.socket_bytes(up, down);
+            };
+            // It resets the socket itself when the stream breaks.
+            activity.bounded(idle, through.relay_tcp(socket, &count)).await
         }
         mut upstream => {
             let meter = TunnelMeter {

@@ -9,18 +9,15 @@ use bytes::Bytes;
 use ferryman_http::dial::{self, Source};
 use ferryman_http::UpstreamError;
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream};
+use h2::RecvStream;
 use http::{Request, Response, StatusCode};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::{udp, Serving};
-use crate::stream::H2Stream;
+use crate::stream::{relay_tcp, H2Stream};
 use crate::wire::{self, Network, Refusal};
-
-/// Bytes copied at once each way.
-const BUFFER: usize = 64 * 1024;
 
 pub(crate) async fn stream(
     request: Request<RecvStream>,
@@ -96,7 +93,7 @@ async fn tcp(
     port: u16,
 ) {
     match dial_checked(serving, host, port).await {
-        Ok(mut tcp) => {
+        Ok(tcp) => {
             let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let mut response = answer(StatusCode::OK);
             response
@@ -105,15 +102,8 @@ async fn tcp(
             let Ok(send) = respond.send_response(response, false) else {
                 return;
             };
-            let mut stream = H2Stream::new(send, request.into_body());
-            let relayed =
-                tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut tcp, BUFFER, BUFFER)
-                    .await;
-            if let Err(e) = relayed {
+            if let Err(e) = relay_tcp(send, request.into_body(), tcp, &|_, _| {}).await {
                 debug!(%host, port, error = %e, "stream ended abruptly");
-                // Both ends learn it ended badly: a reset, not an end.
-                stream.reset(Reason::CANCEL);
-                let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
             }
         }
         Err((refusal, why)) => {
