@@ -49,7 +49,6 @@ impl H2Stream {
         }
         relay_tcp(self.send, self.recv, tcp, count).await
     }
-
 }
 
 /// What the other end reads when a stream or its carrier fails.
@@ -162,7 +161,9 @@ pub(crate) async fn relay_tcp(
                 send.reserve_capacity(data.len());
                 let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
                     .await
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the stream was closed"))?
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::BrokenPipe, "the stream was closed")
+                    })?
                     .map_err(io_error)?;
                 let n = granted.min(data.len());
                 send.send_data(data.split_to(n), false).map_err(io_error)?;

@@ -208,7 +208,9 @@ pub(crate) async fn relay_bytes(
                 session.socket_bytes(up, down);
             };
             // It resets the socket itself when the stream breaks.
-            activity.bounded(idle, through.relay_tcp(socket, &count)).await
+            activity
+                .bounded(idle, through.relay_tcp(socket, &count))
+                .await
         }
         mut upstream => {
             let meter = TunnelMeter {

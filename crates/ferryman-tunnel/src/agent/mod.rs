@@ -20,15 +20,13 @@ use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::carrier::{heartbeat, CarrierConfig};
 use crate::wire::{self, Session};
-use crate::ws::{self, WsIo};
+use crate::ws::{handshake, Role, WsIo};
 use acl::Acl;
 
 /// An agent's settings: flags of `ferryman agent`, or its file.
@@ -329,13 +327,7 @@ impl Agent {
             .await
             .map_err(|_| timed_out("TLS"))?
             .map_err(|e| format!("TLS: {e}"))?;
-        let mut request = self
-            .url
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| e.to_string())?;
-        let headers = request.headers_mut();
+        let mut headers = http::HeaderMap::new();
         let text = |s: &str| wire::header_text(s);
         headers.insert(
             http::header::AUTHORIZATION,
@@ -349,28 +341,19 @@ impl Agent {
             http::header::USER_AGENT,
             text(concat!("ferryman-agent/", env!("CARGO_PKG_VERSION"))),
         );
-        let upgraded =
-            tokio_tungstenite::client_async_with_config(request, tls, Some(ws::config()));
-        let (socket, _) = match timeout_at(deadline, upgraded).await {
+        let mut tls = tls;
+        let host = wire::authority(&self.url.host, self.url.port);
+        let upgraded = handshake::client(&mut tls, &host, &self.url.path, &headers);
+        let read_ahead = match timeout_at(deadline, upgraded).await {
             Err(_) => return Err(timed_out("the upgrade")),
-            Ok(Ok(upgraded)) => upgraded,
-            Ok(Err(WsError::Http(answer))) => {
-                let why = answer
-                    .body()
-                    .as_deref()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default();
-                return Err(format!("the gateway refused: {} {why}", answer.status()));
-            }
-            Ok(Err(e)) => return Err(format!("upgrade: {e}")),
+            Ok(Ok(read_ahead)) => read_ahead,
+            Ok(Err(e)) => return Err(e.to_string()),
         };
-        timeout_at(
-            deadline,
-            self.config.carrier.server().handshake(WsIo::new(socket)),
-        )
-        .await
-        .map_err(|_| timed_out("h2"))?
-        .map_err(|e| format!("h2: {e}"))
+        let socket = WsIo::new(tls, Role::Client, &read_ahead);
+        timeout_at(deadline, self.config.carrier.server().handshake(socket))
+            .await
+            .map_err(|_| timed_out("h2"))?
+            .map_err(|e| format!("h2: {e}"))
     }
 
     /// Serves the streams the gateway opens until the carrier ends; says why.

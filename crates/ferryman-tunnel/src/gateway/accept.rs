@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -19,7 +19,7 @@ use super::registry::{AgentInfo, Carrier};
 use super::{digest, Gateway, Identity, Rules};
 use crate::carrier::heartbeat;
 use crate::wire::{self, Session};
-use crate::ws::{self, WsIo};
+use crate::ws::{handshake, Role, WsIo};
 
 /// TLS, the upgrade and h2's preface must each be done within this.
 const HANDSHAKE: Duration = Duration::from_secs(10);
@@ -69,30 +69,17 @@ impl Gateway {
             .await
             .map_err(|_| Refused::Tls("timed out".into()))??;
         let rules = self.rules.load_full();
-        let mut hello = None;
-        // The callback's signature is tungstenite's.
-        #[allow(clippy::result_large_err)]
-        let check = |request: &Request, response: Response| match self.check(request, &rules) {
-            Ok(agent) => {
-                hello = Some(agent);
-                Ok(response)
-            }
-            Err((status, why)) => Err(refusal(status, why)),
-        };
-        let upgraded =
-            tokio_tungstenite::accept_hdr_async_with_config(tls, check, Some(ws::config()));
-        let socket = timeout(HANDSHAKE, upgraded)
+        let mut tls = tls;
+        let upgraded = handshake::server(&mut tls, |request| self.check(request, &rules));
+        let (agent, read_ahead) = timeout(HANDSHAKE, upgraded)
             .await
             .map_err(|_| Refused::Upgrade("timed out".into()))?
             .map_err(|e| Refused::Upgrade(e.to_string()))?;
-        let agent = hello.ok_or_else(|| Refused::Upgrade("no agent".into()))?;
-        let (sender, mut connection) = timeout(
-            HANDSHAKE,
-            rules.carrier.client().handshake(WsIo::new(socket)),
-        )
-        .await
-        .map_err(|_| Refused::H2("timed out".into()))?
-        .map_err(|e| Refused::H2(e.to_string()))?;
+        let socket = WsIo::new(tls, Role::Server, &read_ahead);
+        let (sender, mut connection) = timeout(HANDSHAKE, rules.carrier.client().handshake(socket))
+            .await
+            .map_err(|_| Refused::H2("timed out".into()))?
+            .map_err(|e| Refused::H2(e.to_string()))?;
         let pings = connection.ping_pong();
         let (carrier, registered) = self
             .registry
@@ -163,7 +150,7 @@ impl Gateway {
 
     /// Who the upgrade request says the agent is, if it may connect; else
     /// the status and the reason it is refused with.
-    fn check(&self, request: &Request, rules: &Rules) -> Result<AgentInfo, (u16, String)> {
+    fn check(&self, request: &Request<()>, rules: &Rules) -> Result<AgentInfo, (u16, String)> {
         let field = |name: &str| {
             request
                 .headers()
@@ -222,14 +209,6 @@ impl Gateway {
             token: *token,
         })
     }
-}
-
-/// An upgrade refused with `status` and `why` as the body, for the agent's log.
-fn refusal(status: u16, why: String) -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(why));
-    *response.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::FORBIDDEN);
-    response
 }
 
 /// Once the gateway stops, or the carrier's stream ids run out, the
